@@ -1,0 +1,95 @@
+// Compute kernels: the only floor that talks to oneDNN. Pointers are fp32, row-major, and
+// every kernel is single-call thread-parallel (OpenMP / oneDNN threads, see mue/runtime.h).
+#pragma once
+
+#include <cstdint>
+
+namespace mue::kernels {
+
+enum class Activation { kNone, kRelu, kGelu };
+
+// y[m,n] = act(x[m,k] * w[n,k]^T + bias[n]). Weights in PyTorch layout [N,K]; bias may be null.
+// x rows are contiguous with stride k; y rows with stride n. oneDNN primitives are cached per
+// (m, n, k, bias, act).
+void linear(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n,
+            int64_t k, Activation act = Activation::kNone);
+
+// In-place row-wise LayerNorm over `cols`: y = (x - mean) / sqrt(var + eps) * gamma + beta.
+// x and y may alias. gamma/beta may be null (identity).
+void layer_norm(const float* x, const float* gamma, const float* beta, float* y, int64_t rows,
+                int64_t cols, float eps);
+
+// Exact (erf) GELU, in place.
+void gelu(float* x, int64_t n);
+
+// Row-wise softmax in place over `cols`. A row that is all -inf becomes all zeros.
+void softmax(float* x, int64_t rows, int64_t cols);
+
+// Multi-head scaled dot-product attention with strided operands (element strides), so that it
+// reads [B,T,H*Dh] projections and [B,H,Tmax,Dh] KV caches alike.
+//   scores[b,h,i,j] = scale * q[b,h,i,:] . k[b,h,j,:] + bias[b,h,i,j]
+//   masked: key_padding[b,j] != 0, or causal and j > i + causal_offset  -> -inf
+//   out[b,h,i,:] = head_scale[h] * softmax_j(scores[b,h,i,:]) . v[b,h,j,:]
+// A query row whose keys are all masked gets a zero output.
+struct AttentionArgs {
+  int64_t batch = 1, heads = 1, tq = 0, tk = 0, head_dim = 0;
+  float scale = 1.f;
+
+  const float* q = nullptr;
+  int64_t q_batch_stride = 0, q_head_stride = 0, q_row_stride = 0;
+  const float* k = nullptr;
+  int64_t k_batch_stride = 0, k_head_stride = 0, k_row_stride = 0;
+  const float* v = nullptr;
+  int64_t v_batch_stride = 0, v_head_stride = 0, v_row_stride = 0;
+  float* out = nullptr;
+  int64_t out_batch_stride = 0, out_head_stride = 0, out_row_stride = 0;
+
+  // Additive bias; batch stride 0 shares one bias across the batch. Null: no bias.
+  const float* bias = nullptr;
+  int64_t bias_batch_stride = 0, bias_head_stride = 0, bias_row_stride = 0;
+
+  // [batch, tk] with stride key_padding_stride; nonzero = padded key. Null: no padding.
+  const uint8_t* key_padding = nullptr;
+  int64_t key_padding_stride = 0;
+
+  bool causal = false;
+  int64_t causal_offset = 0;
+
+  // Per-head output scale (OFA's c_attn, NormFormer scale_heads). Null: 1.
+  const float* head_scale = nullptr;
+};
+void attention(const AttentionArgs& args);
+
+// 2-D convolution, NHWC activations, weights given as PyTorch [O,I,kh,kw] (BatchNorm already
+// folded by the caller). Weights are reordered for oneDNN once, at construction or on first use
+// per input shape, and primitives are cached per input shape.
+class Conv2d {
+ public:
+  Conv2d(const float* weight, const float* bias, int64_t out_channels, int64_t in_channels,
+         int kernel, int stride, int padding);
+  ~Conv2d();
+  Conv2d(Conv2d&&) noexcept;
+  Conv2d& operator=(Conv2d&&) noexcept;
+  Conv2d(const Conv2d&) = delete;
+  Conv2d& operator=(const Conv2d&) = delete;
+
+  int64_t out_extent(int64_t in_extent) const;
+  int64_t out_channels() const;
+  int64_t in_channels() const;
+  // y[n, ho, wo, O] = act(conv(x[n, h, w, I]) + bias + residual), residual [n, ho, wo, O] or null.
+  void forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
+               const float* residual = nullptr, Activation act = Activation::kNone) const;
+
+ private:
+  struct Impl;
+  Impl* impl_;
+};
+
+// 3x3 max pooling, stride 2, padding 1 (ResNet stem), NHWC.
+void max_pool_3x3_s2(const float* x, int64_t n, int64_t h, int64_t w, int64_t c, float* y);
+int64_t max_pool_3x3_s2_extent(int64_t in_extent);
+
+// fp32 cosine similarity of two vectors, accumulated in double. Zero vectors give 0.
+double cosine_similarity(const float* a, const float* b, int64_t n);
+
+}  // namespace mue::kernels
