@@ -1,0 +1,52 @@
+#include "core/arena.h"
+
+#include <cstdlib>
+
+namespace mue {
+
+void Arena::add_block(size_t min_size) {
+  size_t size = std::max<size_t>(min_size, size_t{1} << 20);
+  size = (size + kAlignment - 1) / kAlignment * kAlignment;
+  void* p = std::aligned_alloc(kAlignment, size);
+  if (!p) throw Error("Arena: out of memory allocating " + std::to_string(size) + " bytes");
+  Block b;
+  b.data = std::unique_ptr<std::byte, void (*)(void*)>(static_cast<std::byte*>(p), std::free);
+  b.size = size;
+  blocks_.push_back(std::move(b));
+}
+
+void* Arena::bytes(size_t n) {
+  n = (n + kAlignment - 1) / kAlignment * kAlignment;
+  if (n == 0) n = kAlignment;
+  if (blocks_.empty() || blocks_.back().size - blocks_.back().used < n) add_block(n);
+  Block& b = blocks_.back();
+  void* p = b.data.get() + b.used;
+  b.used += n;
+  used_total_ += n;
+  peak_ = std::max(peak_, used_total_);
+  return p;
+}
+
+float* Arena::floats(size_t n) { return static_cast<float*>(bytes(n * sizeof(float))); }
+
+Tensor Arena::tensor(Shape shape) {
+  size_t n = static_cast<size_t>(shape_numel(shape));
+  return Tensor::view(floats(n), std::move(shape), DType::kF32);
+}
+
+void Arena::reset() {
+  if (blocks_.size() > 1) {
+    blocks_.clear();
+    add_block(peak_);
+  }
+  for (auto& b : blocks_) b.used = 0;
+  used_total_ = 0;
+}
+
+size_t Arena::capacity() const {
+  size_t c = 0;
+  for (const auto& b : blocks_) c += b.size;
+  return c;
+}
+
+}  // namespace mue

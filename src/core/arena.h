@@ -1,0 +1,54 @@
+// Activation arena: a bump allocator whose memory is kept across calls. After a call that
+// needed more than one block, reset() merges them, so steady state is one allocation-free block.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "mue/tensor.h"
+
+namespace mue {
+
+class Arena {
+ public:
+  Arena() = default;
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  // 64-byte aligned, uninitialised, valid until reset().
+  float* floats(size_t n);
+  template <typename T>
+  T* alloc(size_t n) {
+    return static_cast<T*>(bytes(n * sizeof(T)));
+  }
+  void* bytes(size_t n);
+  // A tensor view of arena memory, valid until reset().
+  Tensor tensor(Shape shape);
+  void reset();
+  size_t capacity() const;
+  size_t used() const { return used_total_; }
+
+ private:
+  struct Block {
+    std::unique_ptr<std::byte, void (*)(void*)> data{nullptr, nullptr};
+    size_t size = 0;
+    size_t used = 0;
+  };
+  void add_block(size_t min_size);
+  std::vector<Block> blocks_;
+  size_t used_total_ = 0;
+  size_t peak_ = 0;
+};
+
+// Resets an arena when the scope ends.
+class ArenaScope {
+ public:
+  explicit ArenaScope(Arena& a) : arena_(a) {}
+  ~ArenaScope() { arena_.reset(); }
+
+ private:
+  Arena& arena_;
+};
+
+}  // namespace mue
