@@ -1,4 +1,5 @@
-// Runs the repo's Python tools (tools/*.py) from a test with Debian's /usr/bin/python3.
+// Test helpers: scratch directories, and running the repo's Python tools (tools/*.py) with
+// Debian's /usr/bin/python3.
 #pragma once
 
 #include <sys/wait.h>
