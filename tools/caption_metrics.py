@@ -5,8 +5,8 @@ An independent check of src/tasks/metrics.cpp (it shares no code with it):
   BLEU      Papineni et al. 2002: corpus-level clipped n-gram precisions p_1..p_4, their geometric
             mean, one brevity penalty for the corpus. Toolkit conventions: the effective reference
             length of a sample is the reference length closest to the candidate's (ties: the
-            shorter), p_n = (clipped + 1e-15) / (total + 1e-9), BP = exp(1 - (r + 1e-9) / (c + 1e-15))
-            when c < r.
+            shorter), p_n = (clipped + 1e-15) / (total + 1e-9), and
+            BP = exp(1 - (r + 1e-9) / (c + 1e-15)) when c < r.
   CIDEr-D   Vedantam et al. 2015: tf-idf n-gram vectors (n = 1..4), idf from the references of the
             evaluated corpus, candidate weights clipped by the reference's, cosine, Gaussian length
             penalty (sigma 6), mean over n, mean over references, times 10. Toolkit conventions: tf
