@@ -179,6 +179,17 @@ def check_model(tmp: str) -> None:
           and torch.allclose(enc.hidden[:, enc.num_image_tokens:], expected),
           "encoder after_layer hook stops one stream and keeps that layer's output")
 
+    # The decoder hook: a step that stops after layer 0 gives the deeper layers no cache entry
+    # (MuE, spec 1.3); later steps still run, with bias rows right-aligned to shorter caches.
+    enc = decomposed.encode(images, src)
+    state = decomposed.start_decoding(enc, prev.shape[1])
+    for t in range(3):
+        logits = decomposed.decode_step(prev[:, t], state,
+                                        after_layer=lambda idx, x, y: t == 1 and idx == 0)
+    check(state.layers_used == [2, 1, 2] and [c.length for c in state.caches] == [3, 2]
+          and bool(torch.isfinite(logits).all()),
+          "decoder after_layer hook: a skipped layer gets no K/V entry for that step")
+
     # Model directory round trip: make_model's output reloads to the synthetic state dict.
     out = os.path.join(tmp, "model")
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_model.py"), "--size", "test",

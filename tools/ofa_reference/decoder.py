@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -30,7 +30,7 @@ class DecoderState:
     cross_pos_q: Tensor  # [H, capacity, d]: cross_pos_q_linear(Pt) * s per head
     caches: List[KVCache]  # per layer self-attention K/V
     step: int = 0  # position of the next token
-    layers_used: Optional[List[int]] = None  # per step
+    layers_used: List[int] = field(default_factory=list)  # per step
 
 
 class Decoder(nn.Module):
@@ -152,7 +152,6 @@ class Decoder(nn.Module):
             cross_pos_q=self.heads(self.cross_pos_q_linear(pt) * self.pos_scaling),
             caches=[KVCache.empty(batch, self.num_heads, capacity, self.head_dim, hidden)
                     for _ in self.layers],
-            layers_used=[],
         )
 
     def step(self, tokens: Tensor, state: DecoderState,
@@ -163,14 +162,15 @@ class Decoder(nn.Module):
         if t >= state.self_pos_q.shape[1]:
             raise ValueError(f"decoder state was started for {state.self_pos_q.shape[1]} tokens")
         tokens = tokens.view(-1, 1)
-        self_abs = (state.self_pos_q[:, t:t + 1] @ state.self_pos_k[:, :t + 1].transpose(1, 2))
-        cross_bias = (state.cross_pos_q[:, t:t + 1] @ state.cross_pos_k.transpose(1, 2))
+        # Row t of the full-sequence biases: [1, H, 1, t + 1] and [1, H, 1, S].
+        self_abs = (state.self_pos_q[:, t:t + 1] @ state.self_pos_k[:, :t + 1].transpose(1, 2))[None]
+        cross_bias = (state.cross_pos_q[:, t:t + 1] @ state.cross_pos_k.transpose(1, 2))[None]
         padding = tokens.eq(self.pad_id)
 
         def layer_inputs(idx: int) -> dict:
             return dict(encoder_kv=state.encoder_kv[idx],
-                        self_bias=(self_abs + self.token_rel_bias(idx, 1, t + 1, offset=t)),
-                        cross_bias=cross_bias.unsqueeze(0), self_padding_mask=padding,
+                        self_bias=self_abs + self.token_rel_bias(idx, 1, t + 1, offset=t),
+                        cross_bias=cross_bias, self_padding_mask=padding,
                         encoder_padding_mask=state.encoder_padding_mask,
                         cache=state.caches[idx])
 
