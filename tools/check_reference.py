@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Quick self-checks of the PyTorch reference and its tools (about half a minute).
+"""Quick self-checks of the PyTorch reference and its tools (seconds; --fixtures --ofa ~20 s).
 
   /usr/bin/python3 tools/check_reference.py               # model, I/O, weights, buckets
   /usr/bin/python3 tools/check_reference.py --fixtures    # + fixtures regenerate byte-identically
