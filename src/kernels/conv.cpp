@@ -1,0 +1,234 @@
+// Conv2d: oneDNN convolution on NHWC activations with the weights reordered once into the blocked
+// layout oneDNN prefers (format_tag::any), bias, and residual (sum) plus activation post-ops.
+// max_pool_3x3_s2: a plain NHWC loop, vectorised over channels.
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kernels/dnnl_context.h"
+#include "kernels/kernels.h"
+
+namespace mue::kernels {
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+constexpr auto kF32 = memory::data_type::f32;
+
+struct ConvKey {
+  int64_t n, h, w;
+  bool residual;
+  Activation act;
+  int threads;
+  bool operator==(const ConvKey&) const = default;
+};
+
+struct ConvKeyHash {
+  size_t operator()(const ConvKey& key) const {
+    size_t h = std::hash<int64_t>()(key.n);
+    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); };
+    mix(std::hash<int64_t>()(key.h));
+    mix(std::hash<int64_t>()(key.w));
+    mix(key.residual);
+    mix(static_cast<size_t>(key.act));
+    mix(static_cast<size_t>(key.threads));
+    return h;
+  }
+};
+
+struct ConvPrimitive {
+  dnnl::convolution_forward conv;
+  memory::desc src, dst, scratchpad;
+  memory weights;  // shared with other shapes that want the same layout
+};
+
+int64_t conv_extent(int64_t in, int kernel, int stride, int padding) {
+  return (in + 2 * padding - kernel) / stride + 1;
+}
+
+}  // namespace
+
+struct Conv2d::Impl {
+  int64_t out_channels = 0, in_channels = 0;
+  int kernel = 0, stride = 0, padding = 0;
+  memory bias;                          // owned copy, or empty
+  std::vector<memory> weights_layouts;  // each layout some input shape asked for
+  bool holds_plain_weights = false;     // weights_layouts is {the OIHW copy} until first use
+
+  std::mutex mutex;
+  std::unordered_map<ConvKey, ConvPrimitive, ConvKeyHash> primitives;
+
+  dnnl::convolution_forward::primitive_desc make_pd(int64_t n, int64_t h, int64_t w, bool residual,
+                                                    Activation act) const {
+    const int64_t ho = conv_extent(h, kernel, stride, padding);
+    const int64_t wo = conv_extent(w, kernel, stride, padding);
+    memory::desc src({n, in_channels, h, w}, kF32, Tag::nhwc);
+    memory::desc dst({n, out_channels, ho, wo}, kF32, Tag::nhwc);
+    memory::desc weights({out_channels, in_channels, kernel, kernel}, kF32, Tag::any);
+    memory::desc bias_desc = bias ? bias.get_desc() : memory::desc();
+    dnnl::convolution_forward::desc desc(
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, weights,
+        bias_desc, dst, {stride, stride}, {padding, padding}, {padding, padding});
+    dnnl::post_ops ops;
+    // dst = act(conv + bias + 1 * dst_before), with dst pre-filled with the residual.
+    if (residual) ops.append_sum(1.f);
+    if (act == Activation::kRelu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    if (act == Activation::kGelu) {
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+    }
+    dnnl::primitive_attr attr = detail::user_scratchpad_attr();
+    attr.set_post_ops(ops);
+    return dnnl::convolution_forward::primitive_desc(desc, attr, detail::cpu_engine());
+  }
+
+  // Weights in the layout `desc`. The first request reorders the plain copy taken at construction
+  // and frees it (the blocked layout depends on the feature-map size, unknown until then); a later
+  // shape that wants another layout gets a reorder of the first one.
+  memory weights_as(const memory::desc& desc) {
+    for (const memory& m : weights_layouts) {
+      if (m.get_desc() == desc) return m;
+    }
+    memory converted(desc, detail::cpu_engine());
+    dnnl::reorder(weights_layouts.front(), converted)
+        .execute(detail::cpu_stream(), weights_layouts.front(), converted);
+    detail::cpu_stream().wait();
+    if (holds_plain_weights) {
+      weights_layouts.clear();
+      holds_plain_weights = false;
+    }
+    weights_layouts.push_back(converted);
+    return converted;
+  }
+
+  ConvPrimitive primitive(const ConvKey& key) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = primitives.find(key);
+    if (it != primitives.end()) return it->second;
+    auto pd = make_pd(key.n, key.h, key.w, key.residual, key.act);
+    ConvPrimitive p{dnnl::convolution_forward(pd), pd.src_desc(), pd.dst_desc(),
+                    pd.scratchpad_desc(), weights_as(pd.weights_desc())};
+    primitives.emplace(key, p);
+    return p;
+  }
+};
+
+Conv2d::Conv2d(const float* weight, const float* bias, int64_t out_channels, int64_t in_channels,
+               int kernel, int stride, int padding)
+    : impl_(new Impl) {
+  std::unique_ptr<Impl> impl(impl_);  // freed if a check below throws
+  if (out_channels <= 0 || in_channels <= 0 || kernel <= 0 || stride <= 0 || padding < 0) {
+    throw Error("Conv2d: bad geometry out=" + std::to_string(out_channels) +
+                " in=" + std::to_string(in_channels) + " kernel=" + std::to_string(kernel) +
+                " stride=" + std::to_string(stride) + " padding=" + std::to_string(padding));
+  }
+  if (weight == nullptr) throw Error("Conv2d: null weight pointer");
+  impl->out_channels = out_channels;
+  impl->in_channels = in_channels;
+  impl->kernel = kernel;
+  impl->stride = stride;
+  impl->padding = padding;
+  try {
+    auto& engine = detail::cpu_engine();
+    if (bias != nullptr) {
+      impl->bias = memory({{out_channels}, kF32, Tag::a}, engine);
+      std::memcpy(impl->bias.get_data_handle(), bias, out_channels * sizeof(float));
+    }
+    // The caller's buffer may be a temporary (BatchNorm folding), so keep a copy.
+    memory plain({{out_channels, in_channels, kernel, kernel}, kF32, Tag::oihw}, engine);
+    std::memcpy(plain.get_data_handle(), weight, plain.get_desc().get_size());
+    impl->weights_layouts.push_back(plain);
+    impl->holds_plain_weights = true;
+  } catch (const dnnl::error& e) {
+    detail::rethrow_dnnl("Conv2d", e);
+  }
+  impl.release();
+}
+
+Conv2d::~Conv2d() { delete impl_; }
+Conv2d::Conv2d(Conv2d&& other) noexcept : impl_(other.impl_) { other.impl_ = nullptr; }
+Conv2d& Conv2d::operator=(Conv2d&& other) noexcept {
+  if (this != &other) {
+    delete impl_;
+    impl_ = other.impl_;
+    other.impl_ = nullptr;
+  }
+  return *this;
+}
+
+int64_t Conv2d::out_extent(int64_t in_extent) const {
+  return conv_extent(in_extent, impl_->kernel, impl_->stride, impl_->padding);
+}
+int64_t Conv2d::out_channels() const { return impl_->out_channels; }
+int64_t Conv2d::in_channels() const { return impl_->in_channels; }
+
+void Conv2d::forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
+                     const float* residual, Activation act) const {
+  if (impl_ == nullptr) throw Error("Conv2d: forward on a moved-from convolution");
+  if (n < 0 || h <= 0 || w <= 0 || h + 2 * impl_->padding < impl_->kernel ||
+      w + 2 * impl_->padding < impl_->kernel) {
+    throw Error("Conv2d: input n=" + std::to_string(n) + " h=" + std::to_string(h) +
+                " w=" + std::to_string(w) + " is empty or smaller than the " +
+                std::to_string(impl_->kernel) + "x" + std::to_string(impl_->kernel) + " kernel");
+  }
+  if (n == 0) return;
+  if (x == nullptr || y == nullptr) throw Error("Conv2d: null input or output pointer");
+  try {
+    const ConvKey key{n, h, w, residual != nullptr, act, detail::current_threads()};
+    const ConvPrimitive p = impl_->primitive(key);
+    if (residual != nullptr && residual != y) {
+      std::memcpy(y, residual, p.dst.get_size());
+    }
+    auto& engine = detail::cpu_engine();
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, memory(p.src, engine, const_cast<float*>(x))},
+        {DNNL_ARG_WEIGHTS, p.weights},
+        {DNNL_ARG_DST, memory(p.dst, engine, y)},
+        {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}};
+    if (impl_->bias) args.emplace(DNNL_ARG_BIAS, impl_->bias);
+    p.conv.execute(detail::cpu_stream(), args);
+    detail::cpu_stream().wait();
+  } catch (const dnnl::error& e) {
+    detail::rethrow_dnnl("Conv2d", e);
+  }
+}
+
+int64_t max_pool_3x3_s2_extent(int64_t in_extent) {
+  if (in_extent <= 0) {
+    throw Error("max_pool_3x3_s2: input extent " + std::to_string(in_extent) + " is empty");
+  }
+  return (in_extent + 2 - 3) / 2 + 1;
+}
+
+void max_pool_3x3_s2(const float* x, int64_t n, int64_t h, int64_t w, int64_t c, float* y) {
+  if (n < 0 || c < 0) throw Error("max_pool_3x3_s2: negative batch or channel count");
+  const int64_t ho = max_pool_3x3_s2_extent(h), wo = max_pool_3x3_s2_extent(w);
+  if (n == 0 || c == 0) return;
+  if (x == nullptr || y == nullptr) throw Error("max_pool_3x3_s2: null input or output pointer");
+    // Padding acts as -inf (PyTorch MaxPool2d), so only in-bounds taps count.
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t oy = 0; oy < ho; ++oy) {
+      const int64_t y0 = std::max<int64_t>(0, 2 * oy - 1), y1 = std::min(h, 2 * oy + 2);
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        const int64_t x0 = std::max<int64_t>(0, 2 * ox - 1), x1 = std::min(w, 2 * ox + 2);
+        float* out = y + ((b * ho + oy) * wo + ox) * c;
+        std::fill(out, out + c, -std::numeric_limits<float>::infinity());
+        for (int64_t iy = y0; iy < y1; ++iy) {
+          for (int64_t ix = x0; ix < x1; ++ix) {
+            const float* in = x + ((b * h + iy) * w + ix) * c;
+#pragma omp simd
+            for (int64_t ch = 0; ch < c; ++ch) out[ch] = std::max(out[ch], in[ch]);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mue::kernels

@@ -1,0 +1,210 @@
+// Conv2d and max_pool_3x3_s2 against plain NHWC loops (spec 3.3: the ResNet stem and bottleneck
+// shapes), with bias, residual + ReLU, odd spatial sizes and several input shapes per object.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "expect_close.h"
+#include "kernels/kernels.h"
+#include "mue/tensor.h"
+
+namespace mue::kernels {
+namespace {
+
+using mue::testing::expect_close;
+
+std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+struct Geometry {
+  int64_t out_c, in_c;
+  int kernel, stride, padding;
+};
+
+int64_t extent(int64_t in, const Geometry& g) {
+  return (in + 2 * g.padding - g.kernel) / g.stride + 1;
+}
+
+// x [n,h,w,I], weight [O,I,k,k] -> y [n,ho,wo,O] = act(conv + bias + residual).
+std::vector<float> reference_conv(const std::vector<float>& x, const std::vector<float>& weight,
+                                  const float* bias, const float* residual, bool relu,
+                                  const Geometry& g, int64_t n, int64_t h, int64_t w) {
+  const int64_t ho = extent(h, g), wo = extent(w, g);
+  std::vector<float> y(n * ho * wo * g.out_c);
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t oy = 0; oy < ho; ++oy) {
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        for (int64_t o = 0; o < g.out_c; ++o) {
+          double acc = bias != nullptr ? bias[o] : 0.0;
+          for (int ky = 0; ky < g.kernel; ++ky) {
+            const int64_t iy = oy * g.stride - g.padding + ky;
+            if (iy < 0 || iy >= h) continue;
+            for (int kx = 0; kx < g.kernel; ++kx) {
+              const int64_t ix = ox * g.stride - g.padding + kx;
+              if (ix < 0 || ix >= w) continue;
+              for (int64_t i = 0; i < g.in_c; ++i) {
+                acc += double(x[((b * h + iy) * w + ix) * g.in_c + i]) *
+                       weight[((o * g.in_c + i) * g.kernel + ky) * g.kernel + kx];
+              }
+            }
+          }
+          const int64_t at = ((b * ho + oy) * wo + ox) * g.out_c + o;
+          if (residual != nullptr) acc += residual[at];
+          if (relu) acc = std::max(acc, 0.0);
+          y[at] = static_cast<float>(acc);
+        }
+      }
+    }
+  }
+  return y;
+}
+
+struct ConvCase {
+  const char* name;
+  Geometry g;
+  int64_t n, h, w;
+  bool with_bias, residual, relu;
+};
+
+TEST(KernelsConv2d, MatchesReference) {
+  const ConvCase cases[] = {
+      {"stem 7x7 s2 p3", {16, 3, 7, 2, 3}, 1, 17, 15, true, false, true},
+      {"3x3 s1 p1 residual relu", {16, 16, 3, 1, 1}, 2, 9, 11, true, true, true},
+      {"3x3 s2 p1 odd", {12, 8, 3, 2, 1}, 1, 10, 7, true, false, false},
+      {"1x1 s2 downsample", {32, 16, 1, 2, 0}, 1, 9, 9, true, false, false},
+      {"1x1 s1 no bias", {5, 7, 1, 1, 0}, 2, 3, 4, false, false, false},
+      {"3x3 64ch residual relu", {64, 64, 3, 1, 1}, 1, 13, 13, true, true, true},
+      {"1x1 256->64", {64, 256, 1, 1, 0}, 1, 7, 5, true, false, true},
+  };
+  uint32_t seed = 1;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Geometry& g = c.g;
+    const auto weight = random_vector(g.out_c * g.in_c * g.kernel * g.kernel, seed++, -0.2f, 0.2f);
+    const auto bias = random_vector(g.out_c, seed++);
+    const auto x = random_vector(c.n * c.h * c.w * g.in_c, seed++);
+    const int64_t ho = extent(c.h, g), wo = extent(c.w, g);
+    const auto residual = random_vector(c.n * ho * wo * g.out_c, seed++);
+    const float* b = c.with_bias ? bias.data() : nullptr;
+    const float* r = c.residual ? residual.data() : nullptr;
+
+    Conv2d conv(weight.data(), b, g.out_c, g.in_c, g.kernel, g.stride, g.padding);
+    EXPECT_EQ(conv.out_extent(c.h), ho);
+    EXPECT_EQ(conv.out_extent(c.w), wo);
+    EXPECT_EQ(conv.out_channels(), g.out_c);
+    EXPECT_EQ(conv.in_channels(), g.in_c);
+    std::vector<float> y(c.n * ho * wo * g.out_c, NAN);
+    conv.forward(x.data(), c.n, c.h, c.w, y.data(), r,
+                 c.relu ? Activation::kRelu : Activation::kNone);
+    expect_close(y, reference_conv(x, weight, b, r, c.relu, g, c.n, c.h, c.w), 1e-5, 1e-4);
+  }
+}
+
+TEST(KernelsConv2d, OwnsItsWeightsAndServesSeveralInputShapes) {
+  const Geometry g{32, 16, 3, 2, 1};
+  auto weight = random_vector(32 * 16 * 9, 20, -0.2f, 0.2f);
+  auto bias = random_vector(32, 21);
+  const auto kept_weight = weight, kept_bias = bias;
+  Conv2d conv(weight.data(), bias.data(), g.out_c, g.in_c, g.kernel, g.stride, g.padding);
+  // The caller's buffers may be temporaries (BatchNorm folding): clobber them.
+  std::fill(weight.begin(), weight.end(), NAN);
+  std::fill(bias.begin(), bias.end(), NAN);
+  const int64_t shapes[][3] = {{1, 12, 12}, {2, 5, 9}, {1, 31, 3}, {1, 12, 12}};
+  uint32_t seed = 22;
+  for (const auto& s : shapes) {
+    SCOPED_TRACE("n=" + std::to_string(s[0]) + " h=" + std::to_string(s[1]) +
+                 " w=" + std::to_string(s[2]));
+    const auto x = random_vector(s[0] * s[1] * s[2] * g.in_c, seed++);
+    std::vector<float> y(s[0] * extent(s[1], g) * extent(s[2], g) * g.out_c);
+    conv.forward(x.data(), s[0], s[1], s[2], y.data());
+    expect_close(
+        y, reference_conv(x, kept_weight, kept_bias.data(), nullptr, false, g, s[0], s[1], s[2]),
+        1e-5, 1e-4);
+  }
+}
+
+TEST(KernelsConv2d, ResidualMayAliasTheOutput) {
+  const Geometry g{16, 16, 1, 1, 0};
+  const auto weight = random_vector(16 * 16, 30), bias = random_vector(16, 31);
+  const auto x = random_vector(6 * 5 * 16, 32);
+  auto y = random_vector(6 * 5 * 16, 33);  // holds the residual on entry
+  const auto expected = reference_conv(x, weight, bias.data(), y.data(), true, g, 1, 6, 5);
+  Conv2d conv(weight.data(), bias.data(), g.out_c, g.in_c, g.kernel, g.stride, g.padding);
+  conv.forward(x.data(), 1, 6, 5, y.data(), y.data(), Activation::kRelu);
+  expect_close(y, expected, 1e-5, 1e-4);
+}
+
+TEST(KernelsConv2d, MovedConvolutionStillWorks) {
+  const auto weight = random_vector(8 * 4 * 9, 40), x = random_vector(5 * 5 * 4, 41);
+  Conv2d first(weight.data(), nullptr, 8, 4, 3, 1, 1);
+  Conv2d second = std::move(first);
+  std::vector<float> y(5 * 5 * 8);
+  second.forward(x.data(), 1, 5, 5, y.data());
+  expect_close(y, reference_conv(x, weight, nullptr, nullptr, false, {8, 4, 3, 1, 1}, 1, 5, 5),
+               1e-5, 1e-4);
+  EXPECT_THROW(first.forward(x.data(), 1, 5, 5, y.data()),
+               Error);  // NOLINT(bugprone-use-after-move)
+}
+
+TEST(KernelsConv2d, BadArgumentsThrowError) {
+  const std::vector<float> weight(8 * 4 * 9, 0.1f);
+  EXPECT_THROW(Conv2d(weight.data(), nullptr, 0, 4, 3, 1, 1), Error);
+  EXPECT_THROW(Conv2d(weight.data(), nullptr, 8, 4, 3, 0, 1), Error);
+  EXPECT_THROW(Conv2d(nullptr, nullptr, 8, 4, 3, 1, 1), Error);
+  Conv2d conv(weight.data(), nullptr, 8, 4, 7, 1, 0);
+  std::vector<float> x(5 * 5 * 4), y(8 * 25);
+  EXPECT_THROW(conv.forward(x.data(), 1, 5, 5, y.data()), Error);  // smaller than the kernel
+  EXPECT_THROW(conv.forward(nullptr, 1, 9, 9, y.data()), Error);
+}
+
+std::vector<float> reference_max_pool(const std::vector<float>& x, int64_t n, int64_t h, int64_t w,
+                                      int64_t c) {
+  const int64_t ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1;
+  std::vector<float> y(n * ho * wo * c);
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t oy = 0; oy < ho; ++oy) {
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        for (int64_t ch = 0; ch < c; ++ch) {
+          float m = -INFINITY;
+          for (int64_t iy = 2 * oy - 1; iy <= 2 * oy + 1; ++iy) {
+            for (int64_t ix = 2 * ox - 1; ix <= 2 * ox + 1; ++ix) {
+              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+              m = std::max(m, x[((b * h + iy) * w + ix) * c + ch]);
+            }
+          }
+          y[((b * ho + oy) * wo + ox) * c + ch] = m;
+        }
+      }
+    }
+  }
+  return y;
+}
+
+TEST(KernelsMaxPool, MatchesReferenceAtOddAndEvenSizes) {
+  const int64_t sizes[][4] = {{1, 7, 9, 5}, {2, 8, 8, 64}, {1, 1, 1, 3}, {1, 2, 3, 17}};
+  uint32_t seed = 50;
+  for (const auto& s : sizes) {
+    SCOPED_TRACE("n=" + std::to_string(s[0]) + " h=" + std::to_string(s[1]) +
+                 " w=" + std::to_string(s[2]) + " c=" + std::to_string(s[3]));
+    // All negative, so a padding tap counted as 0 would show.
+    const auto x = random_vector(s[0] * s[1] * s[2] * s[3], seed++, -2.f, -1.f);
+    const int64_t ho = max_pool_3x3_s2_extent(s[1]), wo = max_pool_3x3_s2_extent(s[2]);
+    EXPECT_EQ(ho, (s[1] - 1) / 2 + 1);
+    std::vector<float> y(s[0] * ho * wo * s[3], NAN);
+    max_pool_3x3_s2(x.data(), s[0], s[1], s[2], s[3], y.data());
+    expect_close(y, reference_max_pool(x, s[0], s[1], s[2], s[3]), 0, 0);
+  }
+  EXPECT_EQ(max_pool_3x3_s2_extent(240), 120);  // 480^2 stem output (spec 3.3)
+  EXPECT_THROW(max_pool_3x3_s2_extent(0), Error);
+}
+
+}  // namespace
+}  // namespace mue::kernels
