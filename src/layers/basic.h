@@ -1,0 +1,32 @@
+// Linear and LayerNorm layers: views of the checkpoint's tensors plus the kernel calls.
+#pragma once
+
+#include <string>
+
+#include "kernels/kernels.h"
+#include "model/weights.h"
+
+namespace mue {
+
+struct Linear {
+  Tensor weight;  // [out, in], PyTorch layout
+  Tensor bias;    // [out] or undefined
+  int64_t out = 0, in = 0;
+
+  static Linear load(WeightStore& w, const std::string& prefix, int64_t out, int64_t in,
+                     bool with_bias = true);
+  // y[rows, out] = act(x[rows, in] W^T + b)
+  void forward(const float* x, float* y, int64_t rows,
+               kernels::Activation act = kernels::Activation::kNone) const;
+};
+
+struct LayerNorm {
+  Tensor weight, bias;  // [dim]
+  int64_t dim = 0;
+  float eps = 1e-5f;
+
+  static LayerNorm load(WeightStore& w, const std::string& prefix, int64_t dim, float eps);
+  void forward(const float* x, float* y, int64_t rows) const;
+};
+
+}  // namespace mue

@@ -1,0 +1,130 @@
+#include "layers/resnet.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace mue {
+
+using kernels::Activation;
+
+FoldedConv FoldedConv::load(WeightStore& w, const std::string& conv_name,
+                            const std::string& bn_name, int64_t out, int64_t in, int kernel,
+                            int stride, int padding, float eps) {
+  Tensor cw = w.get(conv_name + ".weight", {out, in, kernel, kernel});
+  Tensor gamma = w.get(bn_name + ".weight", {out});
+  Tensor beta = w.get(bn_name + ".bias", {out});
+  Tensor mean = w.get(bn_name + ".running_mean", {out});
+  Tensor var = w.get(bn_name + ".running_var", {out});
+  FoldedConv f;
+  f.weight = Tensor::empty({out, in, kernel, kernel});
+  f.bias = Tensor::empty({out});
+  int64_t per_out = in * kernel * kernel;
+  const float* src = cw.data<float>();
+  float* dst = f.weight.data<float>();
+  for (int64_t o = 0; o < out; ++o) {
+    // BatchNorm at inference is an affine map per channel: fold it into the filter.
+    float scale = gamma.data<float>()[o] / std::sqrt(var.data<float>()[o] + eps);
+    for (int64_t i = 0; i < per_out; ++i) dst[o * per_out + i] = src[o * per_out + i] * scale;
+    f.bias.data<float>()[o] = beta.data<float>()[o] - mean.data<float>()[o] * scale;
+  }
+  f.conv = std::make_unique<kernels::Conv2d>(f.weight.data<float>(), f.bias.data<float>(), out, in,
+                                             kernel, stride, padding);
+  return f;
+}
+
+ResNetBackbone ResNetBackbone::load(WeightStore& w, const std::string& prefix,
+                                    const std::vector<int>& blocks, int width) {
+  constexpr float kEps = 1e-5f;  // torch BatchNorm2d default (spec 3.3)
+  ResNetBackbone net;
+  net.stem_ = FoldedConv::load(w, prefix + ".conv1", prefix + ".bn1", width, 3, 7, 2, 3, kEps);
+  int64_t in = width;
+  for (int s = 0; s < 3; ++s) {
+    int64_t planes = static_cast<int64_t>(width) << s;
+    int64_t out = planes * 4;
+    int stride = s == 0 ? 1 : 2;
+    std::vector<Bottleneck> stage;
+    for (int b = 0; b < blocks[s]; ++b) {
+      std::string p = prefix + ".layer" + std::to_string(s + 1) + "." + std::to_string(b);
+      int st = b == 0 ? stride : 1;
+      Bottleneck blk;
+      blk.conv1 = FoldedConv::load(w, p + ".conv1", p + ".bn1", planes, in, 1, 1, 0, kEps);
+      // v1.5: the stride sits on the 3x3 convolution.
+      blk.conv2 = FoldedConv::load(w, p + ".conv2", p + ".bn2", planes, planes, 3, st, 1, kEps);
+      blk.conv3 = FoldedConv::load(w, p + ".conv3", p + ".bn3", out, planes, 1, 1, 0, kEps);
+      if (b == 0) {
+        blk.has_downsample = true;
+        blk.downsample =
+            FoldedConv::load(w, p + ".downsample.0", p + ".downsample.1", out, in, 1, st, 0, kEps);
+      }
+      stage.push_back(std::move(blk));
+      in = out;
+    }
+    net.stages_.push_back(std::move(stage));
+  }
+  net.out_channels_ = in;
+  return net;
+}
+
+std::pair<int64_t, int64_t> ResNetBackbone::grid(int64_t h, int64_t w) const {
+  auto down = [&](int64_t e) {
+    e = stem_.conv->out_extent(e);
+    e = kernels::max_pool_3x3_s2_extent(e);
+    for (const auto& stage : stages_) e = stage[0].conv2.conv->out_extent(e);
+    return e;
+  };
+  return {down(h), down(w)};
+}
+
+void ResNetBackbone::forward(const float* x, int64_t n, int64_t h, int64_t w, float* out,
+                             Arena& arena) const {
+  // Five scratch buffers, each as large as the largest activation, reused by every block.
+  int64_t sh = stem_.conv->out_extent(h), sw = stem_.conv->out_extent(w);
+  int64_t c = stem_.conv->out_channels();
+  size_t largest = static_cast<size_t>(n * sh * sw * c);
+  {
+    int64_t eh = kernels::max_pool_3x3_s2_extent(sh), ew = kernels::max_pool_3x3_s2_extent(sw);
+    for (const auto& stage : stages_) {
+      const Bottleneck& first = stage[0];
+      largest =
+          std::max(largest, static_cast<size_t>(n * eh * ew * first.conv1.conv->out_channels()));
+      eh = first.conv2.conv->out_extent(eh);
+      ew = first.conv2.conv->out_extent(ew);
+      largest =
+          std::max(largest, static_cast<size_t>(n * eh * ew * first.conv3.conv->out_channels()));
+    }
+  }
+  float* ping = arena.floats(largest);
+  float* pong = arena.floats(largest);
+  float* t1 = arena.floats(largest);
+  float* t2 = arena.floats(largest);
+  float* ds = arena.floats(largest);
+
+  stem_.conv->forward(x, n, h, w, t1, nullptr, Activation::kRelu);
+  h = kernels::max_pool_3x3_s2_extent(sh);
+  w = kernels::max_pool_3x3_s2_extent(sw);
+  kernels::max_pool_3x3_s2(t1, n, sh, sw, c, ping);
+  float* cur = ping;
+
+  for (size_t s = 0; s < stages_.size(); ++s) {
+    for (size_t b = 0; b < stages_[s].size(); ++b) {
+      const Bottleneck& blk = stages_[s][b];
+      int64_t oh = blk.conv2.conv->out_extent(h), ow = blk.conv2.conv->out_extent(w);
+      blk.conv1.conv->forward(cur, n, h, w, t1, nullptr, Activation::kRelu);
+      blk.conv2.conv->forward(t1, n, h, w, t2, nullptr, Activation::kRelu);
+      const float* identity = cur;
+      if (blk.has_downsample) {
+        blk.downsample.conv->forward(cur, n, h, w, ds, nullptr, Activation::kNone);
+        identity = ds;
+      }
+      bool last = s + 1 == stages_.size() && b + 1 == stages_[s].size();
+      float* next = last ? out : (cur == ping ? pong : ping);
+      // relu(bn3(conv3(t2)) + identity), with the residual sum fused into the convolution.
+      blk.conv3.conv->forward(t2, n, oh, ow, next, identity, Activation::kRelu);
+      cur = next;
+      h = oh;
+      w = ow;
+    }
+  }
+}
+
+}  // namespace mue
