@@ -29,3 +29,24 @@ TEST(Arena, GrowsThenSettlesIntoOneBlock) {
 }
 
 }  // namespace mue
+
+namespace mue {
+
+TEST(Arena, InnerScopeFreesOnlyItsOwnAllocations) {
+  Arena arena;
+  ArenaScope outer(arena);
+  float* a = arena.floats(100);
+  a[99] = 7.f;
+  float* inner_small;
+  {
+    ArenaScope inner(arena);
+    inner_small = arena.floats(10);
+    arena.floats(1 << 20)[0] = 1.f;  // forces a second block
+  }
+  float* b = arena.floats(100);
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a[99], 7.f);
+  EXPECT_EQ(b, inner_small) << "the inner scope's memory is reused";
+}
+
+}  // namespace mue

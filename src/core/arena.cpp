@@ -1,5 +1,6 @@
 #include "core/arena.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace mue {
@@ -18,8 +19,10 @@ void Arena::add_block(size_t min_size) {
 void* Arena::bytes(size_t n) {
   n = (n + kAlignment - 1) / kAlignment * kAlignment;
   if (n == 0) n = kAlignment;
-  if (blocks_.empty() || blocks_.back().size - blocks_.back().used < n) add_block(n);
-  Block& b = blocks_.back();
+  while (current_ < blocks_.size() && blocks_[current_].size - blocks_[current_].used < n)
+    ++current_;
+  if (current_ == blocks_.size()) add_block(n);
+  Block& b = blocks_[current_];
   void* p = b.data.get() + b.used;
   b.used += n;
   used_total_ += n;
@@ -40,7 +43,20 @@ void Arena::reset() {
     add_block(peak_);
   }
   for (auto& b : blocks_) b.used = 0;
+  current_ = 0;
   used_total_ = 0;
+}
+
+Arena::Mark Arena::mark() const {
+  if (blocks_.empty() || used_total_ == 0) return {};
+  return {current_, blocks_[std::min(current_, blocks_.size() - 1)].used, used_total_};
+}
+
+void Arena::rewind(const Mark& m) {
+  for (size_t i = m.block + 1; i < blocks_.size(); ++i) blocks_[i].used = 0;
+  if (m.block < blocks_.size()) blocks_[m.block].used = m.offset;
+  current_ = m.block;
+  used_total_ = m.used_total;
 }
 
 size_t Arena::capacity() const {

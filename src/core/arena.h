@@ -27,6 +27,13 @@ class Arena {
   Tensor tensor(Shape shape);
   void reset();
   size_t capacity() const;
+
+  // A position to rewind to: scopes nest, and an inner scope frees only what it allocated.
+  struct Mark {
+    size_t block = 0, offset = 0, used_total = 0;
+  };
+  Mark mark() const;
+  void rewind(const Mark& m);
   size_t used() const { return used_total_; }
 
  private:
@@ -37,18 +44,28 @@ class Arena {
   };
   void add_block(size_t min_size);
   std::vector<Block> blocks_;
+  size_t current_ = 0;  // block that allocations come from
   size_t used_total_ = 0;
   size_t peak_ = 0;
 };
 
-// Resets an arena when the scope ends.
+// Frees what was allocated inside the scope when it ends; the outermost scope resets the arena
+// (which merges its blocks for the next call).
 class ArenaScope {
  public:
-  explicit ArenaScope(Arena& a) : arena_(a) {}
-  ~ArenaScope() { arena_.reset(); }
+  explicit ArenaScope(Arena& a) : arena_(a), mark_(a.mark()) {}
+  ~ArenaScope() {
+    if (mark_.used_total == 0)
+      arena_.reset();
+    else
+      arena_.rewind(mark_);
+  }
+  ArenaScope(const ArenaScope&) = delete;
+  ArenaScope& operator=(const ArenaScope&) = delete;
 
  private:
   Arena& arena_;
+  Arena::Mark mark_;
 };
 
 }  // namespace mue

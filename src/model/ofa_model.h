@@ -2,6 +2,7 @@
 // and the decoder run over whole sequences or incrementally with a preallocated KV cache.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -23,7 +24,34 @@ namespace mue {
 // `layer` is 0-based; `sample` is the sample's index in the call's batch.
 using ExitTest = std::function<bool(int layer, int64_t sample, double cosine)>;
 
-enum class Stack { kImage, kText, kJoint, kDecoder };
+// Wall-clock seconds per stage, accumulated by the calls that receive it.
+struct StageTimes {
+  double resnet = 0, image_stream = 0, text_stream = 0, decoder = 0;
+};
+
+class Stopwatch {
+ public:
+  Stopwatch() : start_(std::chrono::steady_clock::now()) {}
+  // Seconds since construction or the previous lap.
+  double lap() {
+    auto now = std::chrono::steady_clock::now();
+    double s = std::chrono::duration<double>(now - start_).count();
+    start_ = now;
+    return s;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+// The decomposed encoder's image stream output (before the encoder's final LayerNorm): it never
+// sees the text, so it can be computed once and reused for many queries on the same image.
+struct ImageEncoding {
+  Tensor states;  // [B, P, D]
+  int64_t grid_h = 0, grid_w = 0;
+  std::vector<int> layers;  // layers each sample used
+  size_t bytes() const { return states.nbytes(); }
+};
 
 struct EncoderOutput {
   Tensor states;       // [B, S, D], S = image_tokens + text_tokens, image first (spec 1.2.5)
@@ -63,7 +91,15 @@ class OfaModel {
   // Exit tests (may be null: full depth) per stream; in joint mode only `text_exit` applies,
   // to the joint stack.
   EncoderOutput encode(const Tensor& images, const Tensor& src_tokens,
-                       const ExitTest& image_exit = nullptr, const ExitTest& text_exit = nullptr);
+                       const ExitTest& image_exit = nullptr, const ExitTest& text_exit = nullptr,
+                       StageTimes* times = nullptr);
+  // Decomposed mode in two parts: the image stream alone, then the text stream joined with
+  // image encodings (sample b uses image sample image_index[b], counted across `images`).
+  ImageEncoding encode_images(const Tensor& images, const ExitTest& image_exit = nullptr,
+                              StageTimes* times = nullptr);
+  EncoderOutput encode_text(const std::vector<const ImageEncoding*>& images,
+                            const std::vector<int64_t>& image_index, const Tensor& src_tokens,
+                            const ExitTest& text_exit = nullptr, StageTimes* times = nullptr);
 
   // Image features after the ResNet: [B, P, C] (exposed for tests and benchmarks).
   Tensor image_features(const Tensor& images);
@@ -100,7 +136,13 @@ class OfaModel {
     std::vector<int64_t> rows, cols;  // grid coordinates of each patch
   };
   const ImageGridCache& image_grid(int64_t gh, int64_t gw);
-  void run_stack(Stack stack, float* x, int64_t batch, int64_t t, const uint8_t* key_padding,
+  void embed_images(const Tensor& images, float* out, int64_t* grid_h, int64_t* grid_w,
+                    StageTimes* times);
+  std::vector<uint8_t> text_padding(const Tensor& src_tokens) const;
+  void embed_text(const Tensor& src_tokens, const std::vector<uint8_t>& pad, float* out);
+  EncoderOutput make_encoder_output(int64_t batch, int64_t p, int64_t l, const ImageGridCache& grid,
+                                    const std::vector<uint8_t>& text_pad) const;
+  void run_stack(float* x, int64_t batch, int64_t t, const uint8_t* key_padding,
                  const std::function<const float*(int layer, float* scratch)>& make_bias,
                  int64_t bias_len, const ExitTest& exit_test, float* out,
                  std::vector<int>& layers_used);
