@@ -1,11 +1,14 @@
 // attention(): per (batch, head, block of query rows) one GEMM for the scores, the bias and
 // masks, a row softmax, and one GEMM with V (spec 3.5). Blocking the query rows keeps the score
 // block in L2 at 900 image tokens and gives OpenMP enough items when batch * heads is small.
+// The GEMMs are oneDNN's sgemm, which reads the strided operands in place and ran 20-25% faster
+// than Eigen's at these shapes (60 x 64 x 900) on the 2-core EPYC.
 #include <algorithm>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "kernels/dnnl_context.h"
 #include "kernels/eigen.h"
 #include "kernels/kernels.h"
 #include "kernels/row_softmax.h"
@@ -13,10 +16,6 @@
 
 namespace mue::kernels {
 namespace {
-
-using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstStridedMap = Eigen::Map<const RowMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
-using StridedMap = Eigen::Map<RowMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 // Query rows per work item: 64 rows x 1000 keys of scores is 256 KB, which stays in L2.
 constexpr int64_t kQueryBlock = 64;
@@ -43,9 +42,16 @@ void check_args(const AttentionArgs& a) {
   check_operand("out", a.out, a.tq, a.out_row_stride, a.head_dim);
 }
 
-// A one-row map may come with stride 0; Eigen wants a stride of at least one row.
-int64_t map_stride(int64_t rows, int64_t stride, int64_t head_dim) {
-  return rows <= 1 ? std::max(stride, head_dim) : stride;
+// A single row may come with stride 0; GEMM wants a leading dimension of at least one row.
+int64_t leading_dim(int64_t rows, int64_t stride, int64_t row_length) {
+  return rows <= 1 ? std::max(stride, row_length) : stride;
+}
+
+// Row-major C[m,n] = alpha * op(A) * op(B); false if oneDNN refused.
+bool gemm(char trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float* c, int64_t ldc) {
+  return dnnl::sgemm('N', trans_b, m, n, k, alpha, a, lda, b, ldb, 0.f, c, ldc) ==
+         dnnl::status::success;
 }
 
 float* thread_scores(int64_t size) {
@@ -54,54 +60,79 @@ float* thread_scores(int64_t size) {
   return scores.data();
 }
 
-// Rows [row_begin, row_begin + rows) of one (batch, head).
-void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t row_begin, int64_t rows) {
+float* thread_row_factors(int64_t rows) {
+  thread_local std::vector<float> factors;
+  if (static_cast<int64_t>(factors.size()) < rows) factors.resize(rows);
+  return factors.data();
+}
+
+// Rows [row_begin, row_begin + rows) of one (batch, head). Returns false if a GEMM failed.
+bool attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t row_begin, int64_t rows) {
   const int64_t dh = a.head_dim;
   float* out =
       a.out + b * a.out_batch_stride + h * a.out_head_stride + row_begin * a.out_row_stride;
-  StridedMap out_block(out, rows, dh, Eigen::OuterStride<>(map_stride(rows, a.out_row_stride, dh)));
+  const int64_t out_ld = leading_dim(rows, a.out_row_stride, dh);
 
   // With a causal mask no row of this block sees keys past this one.
   int64_t keys = a.tk;
   if (a.causal) keys = std::clamp<int64_t>(row_begin + rows + a.causal_offset, 0, a.tk);
   if (keys == 0) {
-    out_block.setZero();
-    return;
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(out + r * out_ld, dh, 0.f);
+    return true;
   }
 
   const float* q = a.q + b * a.q_batch_stride + h * a.q_head_stride + row_begin * a.q_row_stride;
   const float* k = a.k + b * a.k_batch_stride + h * a.k_head_stride;
   const float* v = a.v + b * a.v_batch_stride + h * a.v_head_stride;
-  ConstStridedMap q_block(q, rows, dh, Eigen::OuterStride<>(map_stride(rows, a.q_row_stride, dh)));
-  ConstStridedMap k_rows(k, keys, dh, Eigen::OuterStride<>(map_stride(keys, a.k_row_stride, dh)));
-  ConstStridedMap v_rows(v, keys, dh, Eigen::OuterStride<>(map_stride(keys, a.v_row_stride, dh)));
-
   float* scores = thread_scores(rows * keys);
-  Eigen::Map<RowMatrix> score_block(scores, rows, keys);
-  score_block.noalias() = (a.scale * q_block) * k_rows.transpose();
+  // scores[rows, keys] = scale * Q K^T
+  if (!gemm('T', rows, keys, dh, a.scale, q, leading_dim(rows, a.q_row_stride, dh), k,
+            leading_dim(keys, a.k_row_stride, dh), scores, keys)) {
+    return false;
+  }
 
+  // Softmax normalisation and head_scale are applied to the [rows, dh] output rather than to the
+  // [rows, keys] weights.
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
   const uint8_t* padding =
       a.key_padding != nullptr ? a.key_padding + b * a.key_padding_stride : nullptr;
   const float head_scale = a.head_scale != nullptr ? a.head_scale[h] : 1.f;
+  float* row_factor = thread_row_factors(rows);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = row_begin + r;
     float* s = scores + r * keys;
-    if (a.bias != nullptr) {
-      const float* bias =
-          a.bias + b * a.bias_batch_stride + h * a.bias_head_stride + i * a.bias_row_stride;
+    const float* bias = a.bias != nullptr ? a.bias + b * a.bias_batch_stride +
+                                                h * a.bias_head_stride + i * a.bias_row_stride
+                                          : nullptr;
+    // Separate simple loops: each vectorises, where one fused loop with branches did not.
+    if (bias != nullptr) {
 #pragma omp simd
       for (int64_t j = 0; j < keys; ++j) s[j] += bias[j];
     }
-    if (a.causal) {
-      for (int64_t j = std::max<int64_t>(0, i + a.causal_offset + 1); j < keys; ++j) s[j] = kMasked;
+    if (a.causal) {  // keys past i + offset are in this row's future
+      const int64_t visible = std::clamp<int64_t>(i + a.causal_offset + 1, 0, keys);
+      std::fill(s + visible, s + keys, kMasked);
     }
     if (padding != nullptr) {
+#pragma omp simd
       for (int64_t j = 0; j < keys; ++j) s[j] = padding[j] != 0 ? kMasked : s[j];
     }
-    detail::softmax_row(s, keys, head_scale);
+    const float max = Eigen::Map<const Eigen::ArrayXf>(s, keys).maxCoeff();
+    const float sum = detail::exp_shifted_row(s, keys, max);
+    row_factor[r] = sum > 0.f ? head_scale / sum : 0.f;  // all masked: zeros
   }
-  out_block.noalias() = score_block * v_rows;
+  // out[rows, dh] = P V, then each row times head_scale / its softmax sum.
+  if (!gemm('N', rows, dh, keys, 1.f, scores, keys, v, leading_dim(keys, a.v_row_stride, dh), out,
+            out_ld)) {
+    return false;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = out + r * out_ld;
+    const float factor = row_factor[r];
+#pragma omp simd
+    for (int64_t d = 0; d < dh; ++d) o[d] *= factor;
+  }
+  return true;
 }
 
 }  // namespace
@@ -114,14 +145,18 @@ void attention(const AttentionArgs& a) {
   const int64_t block_rows = (a.tq + nominal_blocks - 1) / nominal_blocks;
   const int64_t blocks = (a.tq + block_rows - 1) / block_rows;
   const int64_t items = a.batch * a.heads * blocks;
-#pragma omp parallel for schedule(dynamic, 1) if (items > 1 && a.tq * a.tk * a.head_dim > 32768)
+  // Exceptions may not leave an OpenMP region, so failures are counted and reported after it.
+  int64_t failures = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : failures) \
+    if (items > 1 && a.tq * a.tk * a.head_dim > 32768)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t block = item % blocks;
     const int64_t h = (item / blocks) % a.heads;
     const int64_t b = item / (blocks * a.heads);
     const int64_t row_begin = block * block_rows;
-    attend_block(a, b, h, row_begin, std::min(block_rows, a.tq - row_begin));
+    if (!attend_block(a, b, h, row_begin, std::min(block_rows, a.tq - row_begin))) ++failures;
   }
+  if (failures > 0) throw Error("attention: oneDNN sgemm failed on the Q K^T or P V product");
 }
 
 }  // namespace mue::kernels

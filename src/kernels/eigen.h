@@ -8,3 +8,4 @@
 #endif
 
 #include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>  // vectorised erf for gelu()

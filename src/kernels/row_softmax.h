@@ -10,14 +10,13 @@
 
 namespace mue::kernels::detail {
 
-// x <- out_scale * softmax(x). Entries equal to -inf get exactly 0; an all -inf row becomes zeros.
-inline void softmax_row(float* x, int64_t n, float out_scale = 1.f) {
-  if (n <= 0) return;
+// x <- exp(x - max), max being the row's maximum; returns the sum of the new row. Entries equal to
+// -inf become exactly 0, and a row whose max is -inf becomes zeros with sum 0.
+inline float exp_shifted_row(float* x, int64_t n, float max) {
   Eigen::Map<Eigen::ArrayXf> row(x, n);
-  const float max = row.maxCoeff();
   if (max == -std::numeric_limits<float>::infinity()) {
     row.setZero();
-    return;
+    return 0.f;
   }
   row = (row - max).exp();
   // Eigen's vectorised exp clamps its input at -88.7 and does not promise exp(-inf) == 0; the
@@ -29,7 +28,15 @@ inline void softmax_row(float* x, int64_t n, float out_scale = 1.f) {
     x[j] = e;
     sum += e;
   }
-  row *= out_scale / sum;
+  return sum;
+}
+
+// x <- softmax(x). An all -inf row becomes zeros.
+inline void softmax_row(float* x, int64_t n) {
+  if (n <= 0) return;
+  Eigen::Map<Eigen::ArrayXf> row(x, n);
+  const float sum = exp_shifted_row(x, n, row.maxCoeff());
+  if (sum > 0.f) row *= 1.f / sum;
 }
 
 }  // namespace mue::kernels::detail

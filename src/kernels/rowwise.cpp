@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include <unsupported/Eigen/SpecialFunctions>
 #include <vector>
 
 #include "kernels/eigen.h"
