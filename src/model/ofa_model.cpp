@@ -513,7 +513,8 @@ EncoderOutput OfaModel::encode(const Tensor& images, const Tensor& src_tokens,
 }
 
 Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens,
-                             const ExitTest& decoder_exit, std::vector<int>* decoder_layers) {
+                             const ExitTest& decoder_exit, std::vector<int>* decoder_layers,
+                             bool last_position_only) {
   if (prev_tokens.rank() != 2 || prev_tokens.dtype() != DType::kI64 ||
       prev_tokens.dim(0) != enc.batch)
     throw Error("prev_output_tokens must be int64 [" + std::to_string(enc.batch) +
@@ -611,6 +612,17 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
   }
   if (decoder_layers) *decoder_layers = used;
 
+  if (last_position_only) {
+    // Scoring tasks need one position per sample: skip the vocabulary projection elsewhere.
+    for (int64_t b = 0; b < batch; ++b)
+      std::memmove(final_h + b * d, final_h + (b * t + valid[b] - 1) * d,
+                   static_cast<size_t>(d) * sizeof(float));
+    dec_layer_norm_.forward(final_h, final_h, batch);
+    Tensor logits = Tensor::empty({batch, v});
+    kernels::linear(final_h, embed_tokens_.data<float>(), nullptr, logits.data<float>(), batch, v,
+                    d);
+    return logits;
+  }
   dec_layer_norm_.forward(final_h, final_h, batch * t);
   Tensor logits = Tensor::empty({batch, t, v});
   kernels::linear(final_h, embed_tokens_.data<float>(), nullptr, logits.data<float>(), batch * t, v,

@@ -106,9 +106,10 @@ class OfaModel {
 
   // Whole-sequence decoder (causal): prev_tokens [B, T] right-padded -> logits [B, T, V].
   // `decoder_exit` (may be null) is tested per sample over its valid positions.
+  // With `last_position_only`, returns [B, V]: the logits at each sample's last valid position.
   Tensor decode_full(const EncoderOutput& enc, const Tensor& prev_tokens,
                      const ExitTest& decoder_exit = nullptr,
-                     std::vector<int>* decoder_layers = nullptr);
+                     std::vector<int>* decoder_layers = nullptr, bool last_position_only = false);
 
   // Incremental decoding: start with `beams` rows per sample, then one token per row per step
   // -> logits [rows, V]. `group_layers` (optional) receives the layers each group used.

@@ -1,0 +1,151 @@
+#include "tasks/generation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <numeric>
+
+namespace mue {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Candidate {
+  double score;
+  int64_t beam, token;
+};
+
+// fairseq's NGramRepeatBlock: ban tokens that would repeat an n-gram of `seq` (BOS included).
+void block_repeated_ngrams(const std::vector<int64_t>& seq, int n, std::vector<float>& lprobs) {
+  int64_t len = static_cast<int64_t>(seq.size());
+  if (n <= 0 || len + 1 - n < 0) return;
+  for (int64_t start = 0; start + n <= len; ++start) {
+    bool match = true;
+    for (int j = 0; j < n - 1; ++j)
+      if (seq[start + j] != seq[len - (n - 1) + j]) {
+        match = false;
+        break;
+      }
+    if (match) lprobs[seq[start + n - 1]] = kNegInf;
+  }
+}
+
+}  // namespace
+
+void GenerationOptions::validate() const {
+  if (beam_size < 1) throw Error("generation: beam_size must be at least 1");
+  if (max_len < 1) throw Error("generation: max_len must be at least 1");
+  if (min_len < 0 || min_len > max_len) throw Error("generation: min_len must lie in 0..max_len");
+  if (no_repeat_ngram_size < 0) throw Error("generation: no_repeat_ngram_size must be >= 0");
+}
+
+std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& enc,
+                                          const GenerationOptions& opt,
+                                          const ExitController& exits) {
+  opt.validate();
+  const ModelConfig& cfg = model.config();
+  const int64_t beam = opt.beam_size, vocab = cfg.vocab_size, batch = enc.batch;
+  const int64_t eos = cfg.eos_id, pad = cfg.pad_id, bos = cfg.bos_id;
+  const int layers = model.num_decoder_layers();
+  DecoderState st = model.start_decoding(enc, beam, opt.max_len + 1);
+
+  std::vector<GenerationResult> results(static_cast<size_t>(batch));
+  // Per active sample (in row-group order): its index and its beams' tokens and scores.
+  std::vector<int64_t> active(static_cast<size_t>(batch));
+  std::iota(active.begin(), active.end(), 0);
+  std::vector<std::vector<std::vector<int64_t>>> tokens(
+      static_cast<size_t>(batch), std::vector<std::vector<int64_t>>(static_cast<size_t>(beam)));
+  std::vector<std::vector<double>> scores(static_cast<size_t>(batch),
+                                          std::vector<double>(static_cast<size_t>(beam), 0.0));
+  std::vector<float> lprobs(static_cast<size_t>(vocab));
+
+  for (int step = 0; step <= opt.max_len && !active.empty(); ++step) {
+    std::vector<int64_t> input;
+    for (int64_t s : active)
+      for (int64_t b = 0; b < beam; ++b) input.push_back(step == 0 ? bos : tokens[s][b].back());
+    std::vector<int> group_layers;
+    bool test =
+        exits.uses_similarity(ExitStack::kDecoder) || exits.policy().fixed_depth_decoder > 0;
+    GroupExitTest exit_test = nullptr;
+    if (test)
+      exit_test = [&](int layer, int64_t, double cos) {
+        return exits.should_exit(ExitStack::kDecoder, layer, layers, cos, step, opt.max_len);
+      };
+    Tensor logits =
+        model.decode_step(st, input, exit_test, exits.policy().skipped_layer_cache, &group_layers);
+
+    std::vector<int64_t> next_active, src_rows;
+    for (size_t g = 0; g < active.size(); ++g) {
+      int64_t s = active[g];
+      results[s].decoder_layers.push_back(group_layers[g]);
+      std::vector<Candidate> cands;
+      int64_t beams_here = step == 0 ? 1 : beam;  // all beams start identical: use the first
+      for (int64_t b = 0; b < beams_here; ++b) {
+        const float* row = logits.data<float>() + (static_cast<int64_t>(g) * beam + b) * vocab;
+        float mx = *std::max_element(row, row + vocab);
+        double sum = 0;
+        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
+        float lse = mx + static_cast<float>(std::log(sum));
+        for (int64_t v = 0; v < vocab; ++v) lprobs[v] = row[v] - lse;
+        lprobs[pad] = kNegInf;
+        if (step >= opt.max_len) {
+          for (int64_t v = 0; v < vocab; ++v)
+            if (v != eos) lprobs[v] = kNegInf;
+        } else if (step < opt.min_len) {
+          lprobs[eos] = kNegInf;
+        }
+        std::vector<int64_t> seq{bos};
+        seq.insert(seq.end(), tokens[s][b].begin(), tokens[s][b].end());
+        block_repeated_ngrams(seq, opt.no_repeat_ngram_size, lprobs);
+        for (int64_t v = 0; v < vocab; ++v)
+          if (lprobs[v] != kNegInf) cands.push_back({scores[s][b] + lprobs[v], b, v});
+      }
+      // Top 2*beam candidates, best first; ties keep the lower (beam, token).
+      size_t k = std::min<size_t>(2 * beam, cands.size());
+      std::partial_sort(cands.begin(), cands.begin() + k, cands.end(),
+                        [](const Candidate& a, const Candidate& b) {
+                          if (a.score != b.score) return a.score > b.score;
+                          if (a.beam != b.beam) return a.beam < b.beam;
+                          return a.token < b.token;
+                        });
+      cands.resize(k);
+      auto& finals = results[s].hypotheses;
+      // EOS among the top `beam` candidates ends a hypothesis (fairseq finalize_hypos).
+      for (size_t i = 0; i < cands.size() && i < static_cast<size_t>(beam); ++i)
+        if (cands[i].token == eos && static_cast<int64_t>(finals.size()) < beam) {
+          Hypothesis h;
+          h.tokens = tokens[s][cands[i].beam];
+          h.tokens.push_back(eos);
+          h.score = cands[i].score / std::pow(step + 1.0, opt.length_penalty);
+          finals.push_back(std::move(h));
+        }
+      bool done = static_cast<int64_t>(finals.size()) >= beam || step >= opt.max_len;
+      if (done) continue;
+      // The next beams: the best `beam` candidates that are not EOS.
+      std::vector<std::vector<int64_t>> new_tokens;
+      std::vector<double> new_scores;
+      for (const Candidate& c : cands) {
+        if (c.token == eos) continue;
+        if (static_cast<int64_t>(new_tokens.size()) == beam) break;
+        new_tokens.push_back(tokens[s][c.beam]);
+        new_tokens.back().push_back(c.token);
+        new_scores.push_back(c.score);
+        src_rows.push_back(static_cast<int64_t>(g) * beam + c.beam);
+      }
+      if (static_cast<int64_t>(new_tokens.size()) < beam)
+        throw Error("beam search: fewer than beam_size live candidates (vocabulary too small?)");
+      tokens[s] = std::move(new_tokens);
+      scores[s] = std::move(new_scores);
+      next_active.push_back(s);
+    }
+    active = std::move(next_active);
+    if (!active.empty()) model.reorder_rows(st, src_rows);
+  }
+  for (auto& r : results)
+    std::stable_sort(r.hypotheses.begin(), r.hypotheses.end(),
+                     [](const Hypothesis& a, const Hypothesis& b) { return a.score > b.score; });
+  return results;
+}
+
+}  // namespace mue

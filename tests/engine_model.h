@@ -1,0 +1,59 @@
+// A random-weight OFA-tiny-shaped model with OFA's real tokenizer, built once per test binary
+// by the PyTorch reference's make_model.py (skipped without torch or ../shared/ofa-bpe).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+#include "python_tool.h"
+
+namespace mue::testing {
+
+inline std::filesystem::path shared_dir() {
+  if (const char* env = std::getenv("MUE_SHARED_DIR")) return env;
+  return std::filesystem::path(MUE_SOURCE_DIR) / ".." / "shared";
+}
+
+// Returns the model directory, or an empty path with `why` set when it cannot be made.
+inline std::filesystem::path random_engine_model(const std::string& name, const std::string& size,
+                                                 const std::string& mode, int image_size,
+                                                 std::string* why) {
+  std::filesystem::path bpe = shared_dir() / "ofa-bpe";
+  if (!std::filesystem::exists(bpe / "dict.txt")) {
+    *why = "OFA's BPE files are not at " + bpe.string();
+    return {};
+  }
+  if (std::system("/usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1") != 0) {
+    *why = "/usr/bin/python3 has no torch/numpy to make a random model";
+    return {};
+  }
+  std::filesystem::path dir = std::filesystem::path(MUE_BINARY_DIR) / "models" / name;
+  if (!std::filesystem::exists(dir / "model.safetensors")) {
+    std::filesystem::create_directories(dir.parent_path());
+    ToolRun run = run_python_tool("make_model.py",
+                                  "--size " + size + " --encoder-mode " + mode + " --image-size " +
+                                      std::to_string(image_size) + " --seed 7 --out " +
+                                      shell_quote(dir.string()),
+                                  dir.parent_path());
+    if (run.exit_code != 0) {
+      *why = "make_model.py failed: " + run.output;
+      return {};
+    }
+  }
+  for (const char* f : {"encoder.json", "vocab.bpe", "dict.txt"})
+    std::filesystem::copy_file(bpe / f, dir / f, std::filesystem::copy_options::overwrite_existing);
+  return dir;
+}
+
+inline std::filesystem::path coco_image(int index) {
+  std::filesystem::path dir = shared_dir() / "real/coco-val2017-mini/val2017";
+  std::vector<std::filesystem::path> files;
+  if (std::filesystem::exists(dir))
+    for (const auto& e : std::filesystem::directory_iterator(dir)) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  return files.empty() ? std::filesystem::path() : files[static_cast<size_t>(index) % files.size()];
+}
+
+}  // namespace mue::testing
