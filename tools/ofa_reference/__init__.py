@@ -10,3 +10,6 @@ from .config import SIZES, Config, image_hw, make_config, normalize_config
 from .decoder import Decoder, DecoderState
 from .encoder import Encoder, EncoderOutput
 from .model import OFAModel
+from .mue import (ExitPolicy, Generation, GenerationOptions, Hypothesis, Margins, beam_search,
+                  exit_layers, flat_cosine, score_ve)
+from . import mue

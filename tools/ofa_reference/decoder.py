@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from . import buckets
 from .config import Config
-from .encoder import EncoderOutput
+from .encoder import EncoderOutput, stop_mask
 from .layers import DecoderLayer, KVCache
 
 # after_layer(layer_index, layer_input, layer_output) -> True to stop after that layer, keeping
-# layer_output (MuE's decoder exit test plugs in here; spec 1.3).
-DecoderHook = Callable[[int, Tensor, Tensor], bool]
+# layer_output (MuE's decoder exit test plugs in here; spec 1.3), or a bool tensor [B] to stop
+# only the rows marked True.
+DecoderHook = Callable[[int, Tensor, Tensor], Union[bool, Tensor]]
+
+# What a layer skipped by an exit puts in its self-attention cache (incremental decoding, spec 1.3):
+# "reference" = nothing (the released code), "propagate" = K/V projected from the exited state.
+SKIPPED_LAYER_CACHE_MODES = ("reference", "propagate")
 
 
 @dataclass
@@ -30,7 +35,14 @@ class DecoderState:
     cross_pos_q: Tensor  # [H, capacity, d]: cross_pos_q_linear(Pt) * s per head
     caches: List[KVCache]  # per layer self-attention K/V
     step: int = 0  # position of the next token
-    layers_used: List[int] = field(default_factory=list)  # per step
+    layers_used: List[Tensor] = field(default_factory=list)  # per step: [B] int64 per row
+
+    def reorder(self, rows: Tensor) -> None:
+        """Row i becomes old row rows[i] (beam search: rows may repeat or disappear)."""
+        self.encoder_kv = [(k[rows], v[rows]) for k, v in self.encoder_kv]
+        self.encoder_padding_mask = self.encoder_padding_mask[rows]
+        for cache in self.caches:
+            cache.reorder(rows)
 
 
 class Decoder(nn.Module):
@@ -95,17 +107,30 @@ class Decoder(nn.Module):
         """layernorm_embedding(E[tokens]); scale 1 and no position add (disable_entangle)."""
         return self.layernorm_embedding(self.embed_tokens(tokens))
 
-    def run_layers(self, x: Tensor, layer_inputs: Callable[[int], dict],
-                   after_layer: Optional[DecoderHook]) -> Tuple[Tensor, int]:
-        """Runs the layers on x, with per-layer keyword arguments; returns (features after
-        decoder.layer_norm, layers used)."""
+    def run_layers(self, x: Tensor, layer_inputs: Callable[[int, Tensor], dict],
+                   after_layer: Optional[DecoderHook],
+                   run_skipped: bool = False) -> Tuple[Tensor, Tensor]:
+        """Runs the layers on x [B, T, D]; layer_inputs(idx, exited) gives layer idx's keyword
+        arguments, exited [B] bool marking the rows that have already stopped. Returns (features
+        after decoder.layer_norm, layers used per row [B] int64).
+
+        An exited row keeps its exit state: it rides along (its later outputs are discarded) so
+        that the deeper layers still see it; with run_skipped they run even once every row has
+        exited (the `propagate` cache mode needs their K/V of the exited state)."""
+        batch = x.shape[0]
+        done = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        used = torch.full((batch,), len(self.layers), dtype=torch.long, device=x.device)
         for idx, layer in enumerate(self.layers):
-            y = layer(x, **layer_inputs(idx))
-            stop = after_layer is not None and after_layer(idx, x, y)
+            if bool(done.all()) and not run_skipped:
+                break
+            y = layer(x, **layer_inputs(idx, done.clone()))
+            y = torch.where(done[:, None, None], x, y)
+            if after_layer is not None:
+                stop = stop_mask(after_layer(idx, x, y), batch).to(x.device) & ~done
+                used[stop] = idx + 1
+                done |= stop
             x = y
-            if stop:
-                return self.layer_norm(x), idx + 1
-        return self.layer_norm(x), len(self.layers)
+        return self.layer_norm(x), used
 
     def logits(self, features: Tensor) -> Tensor:
         """features @ E^T: [..., D] -> [..., V]."""
@@ -114,9 +139,11 @@ class Decoder(nn.Module):
     # -- full sequence ---------------------------------------------------------------------
 
     def forward(self, prev_output_tokens: Tensor, encoder_out: EncoderOutput,
-                after_layer: Optional[DecoderHook] = None) -> Tensor:
+                after_layer: Optional[DecoderHook] = None,
+                layers_used: Optional[List[Tensor]] = None) -> Tensor:
         """Features [B, T, D] (after decoder.layer_norm) of the whole right-padded target
-        [B, T] under the causal mask."""
+        [B, T] under the causal mask. `layers_used`, if given, receives the layers each sample
+        used ([B] int64)."""
         t = prev_output_tokens.shape[1]
         pt = self.target_positions(t, prev_output_tokens.device)
         self_abs = (self.heads(self.self_pos_q_linear(pt) * self.pos_scaling)
@@ -126,13 +153,15 @@ class Decoder(nn.Module):
                       .transpose(1, 2)).unsqueeze(0)
         padding = prev_output_tokens.eq(self.pad_id)
 
-        def layer_inputs(idx: int) -> dict:
+        def layer_inputs(idx: int, exited: Tensor) -> dict:
             return dict(encoder_kv=self.layers[idx].encoder_key_value(encoder_out.hidden),
                         self_bias=self_abs + self.token_rel_bias(idx, t, t),
                         cross_bias=cross_bias, self_padding_mask=padding,
                         encoder_padding_mask=encoder_out.padding_mask)
 
-        features, _ = self.run_layers(self.embed(prev_output_tokens), layer_inputs, after_layer)
+        features, used = self.run_layers(self.embed(prev_output_tokens), layer_inputs, after_layer)
+        if layers_used is not None:
+            layers_used.append(used)
         return features
 
     # -- incremental -----------------------------------------------------------------------
@@ -154,10 +183,19 @@ class Decoder(nn.Module):
                     for _ in self.layers],
         )
 
-    def step(self, tokens: Tensor, state: DecoderState,
-             after_layer: Optional[DecoderHook] = None) -> Tensor:
+    def step(self, tokens: Tensor, state: DecoderState, after_layer: Optional[DecoderHook] = None,
+             skipped_layer_cache: str = "reference") -> Tensor:
         """Feeds the token at position state.step for each row (tokens [B]); returns its features
-        [B, 1, D]. Bias rows cover positions 0..t and are right-aligned to each layer's cache."""
+        [B, 1, D]. Bias rows cover positions 0..t and are right-aligned to each row's cache.
+
+        A row that exits after layer l leaves the deeper layers' caches without an entry for this
+        step ("reference", the released MuE code) or gives each deeper layer j the K/V
+        k_proj_j/v_proj_j(self_attn_layer_norm_j(exited state)) ("propagate", CALM-style; it is
+        what layer j computes from the exited state that rides along)."""
+        if skipped_layer_cache not in SKIPPED_LAYER_CACHE_MODES:
+            raise ValueError(f"skipped_layer_cache must be one of {SKIPPED_LAYER_CACHE_MODES}, "
+                             f"got {skipped_layer_cache!r}")
+        propagate = skipped_layer_cache == "propagate"
         t = state.step
         if t >= state.self_pos_q.shape[1]:
             raise ValueError(f"decoder state was started for {state.self_pos_q.shape[1]} tokens")
@@ -167,14 +205,15 @@ class Decoder(nn.Module):
         cross_bias = (state.cross_pos_q[:, t:t + 1] @ state.cross_pos_k.transpose(1, 2))[None]
         padding = tokens.eq(self.pad_id)
 
-        def layer_inputs(idx: int) -> dict:
+        def layer_inputs(idx: int, exited: Tensor) -> dict:
             return dict(encoder_kv=state.encoder_kv[idx],
                         self_bias=self_abs + self.token_rel_bias(idx, 1, t + 1, offset=t),
                         cross_bias=cross_bias, self_padding_mask=padding,
                         encoder_padding_mask=state.encoder_padding_mask,
-                        cache=state.caches[idx])
+                        cache=state.caches[idx], cache_rows=None if propagate else ~exited)
 
-        features, used = self.run_layers(self.embed(tokens), layer_inputs, after_layer)
+        features, used = self.run_layers(self.embed(tokens), layer_inputs, after_layer,
+                                         run_skipped=propagate)
         state.step += 1
         state.layers_used.append(used)
         return features

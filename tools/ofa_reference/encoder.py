@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,19 @@ from .resnet import ResNet
 
 # after_layer(stream, layer_index, layer_input, layer_output) -> True to stop that stream there,
 # keeping layer_output (MuE's exit test plugs in here). stream is "image", "text" or "joint".
-AfterLayerHook = Callable[[str, int, Tensor, Tensor], bool]
+# The hook may instead return a bool tensor [B]: the samples marked True stop there (per-sample
+# exits, spec 1.2.4); the others go on.
+AfterLayerHook = Callable[[str, int, Tensor, Tensor], Union[bool, Tensor]]
+
+
+def stop_mask(decision: Union[bool, Tensor], batch: int) -> Tensor:
+    """A hook's answer as a bool tensor [batch]."""
+    if isinstance(decision, Tensor):
+        if decision.shape != (batch,) or decision.dtype != torch.bool:
+            raise ValueError(f"an after_layer hook returned a {decision.dtype} tensor of shape "
+                             f"{list(decision.shape)}; expected bool [{batch}]")
+        return decision
+    return torch.full((batch,), bool(decision), dtype=torch.bool)
 
 
 @dataclass
@@ -26,7 +38,10 @@ class Stream:
     embedding: Tensor  # [B, T, D]: the layer-0 input
     bias: Callable[[int], Tensor]  # layer index -> attention bias [1, H, T, T]
     padding_mask: Optional[Tensor]  # [B, T], True at pad tokens
-    states: List[Tensor] = field(default_factory=list)  # input of layer 0, output of each layer
+    # Input of layer 0, then the state after each layer; a sample that has exited keeps its exit
+    # state in the later entries.
+    states: List[Tensor] = field(default_factory=list)
+    layers_used: Optional[Tensor] = None  # [B] int64: the layers each sample went through
 
 
 @dataclass
@@ -35,7 +50,7 @@ class EncoderOutput:
     padding_mask: Tensor  # [B, P + L] bool, True at text pad positions (image tokens never)
     position_embedding: Tensor  # [P + L, D]: [image_pos_ln(P_img); pos_ln(P_txt)], same per sample
     num_image_tokens: int
-    layers_used: Dict[str, int]  # per stream: "image"/"text" (decomposed) or "joint"
+    layers_used: Dict[str, Tensor]  # per stream ("image"/"text" or "joint"): [B] int64 per sample
     streams: Dict[str, Stream]  # each stream's per-layer states (layer inputs and outputs)
 
 
@@ -123,17 +138,31 @@ class Encoder(nn.Module):
 
     # -- layers ----------------------------------------------------------------------------
 
-    def run_stream(self, stream: Stream, after_layer: Optional[AfterLayerHook] = None) -> int:
-        """Runs `stream` through the layers, recording each state; returns the layers used."""
+    def run_stream(self, stream: Stream, after_layer: Optional[AfterLayerHook] = None) -> Tensor:
+        """Runs `stream` through the layers, recording each state; returns the layers each sample
+        used ([B] int64).
+
+        A sample that exits keeps its state from then on. It still rides along in the batch (its
+        later outputs are discarded: samples do not interact in the encoder), and the loop ends
+        once every sample has exited."""
         x = stream.embedding
+        batch = x.shape[0]
         stream.states = [x]
+        done = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        used = torch.full((batch,), len(self.layers), dtype=torch.long, device=x.device)
         for idx, layer in enumerate(self.layers):
             y = layer(x, stream.bias(idx), stream.padding_mask)
+            y = torch.where(done[:, None, None], x, y)
+            if after_layer is not None:
+                stop = stop_mask(after_layer(stream.name, idx, x, y), batch).to(x.device) & ~done
+                used[stop] = idx + 1
+                done |= stop
             stream.states.append(y)
-            if after_layer is not None and after_layer(stream.name, idx, x, y):
-                return idx + 1
             x = y
-        return len(self.layers)
+            if bool(done.all()):
+                break
+        stream.layers_used = used
+        return used
 
     def make_streams(self, image_x: Tensor, image_pos: Tensor, grid: Tuple[int, int],
                      text_x: Tensor, text_pad: Tensor, text_pos: Tensor) -> List[Stream]:

@@ -44,33 +44,69 @@ class EncoderLayer(nn.Module):
 class KVCache:
     """One decoder layer's self-attention keys/values, preallocated to `capacity` positions.
 
-    `length` counts the filled positions. Under MuE a layer skipped at some step gets no entry,
-    so caches of different layers can have different lengths (spec 1.3).
+    `lengths[b]` counts row b's filled positions. Under MuE a layer skipped at some step gets no
+    entry in `reference` mode, so caches of different layers, and of different rows of one layer,
+    can have different lengths (spec 1.3).
     """
 
     keys: Tensor  # [B, H, capacity, head_dim]
     values: Tensor  # [B, H, capacity, head_dim]
     padding: Tensor  # [B, capacity] bool, True for pad tokens
-    length: int = 0
+    lengths: Tensor  # [B] int64
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> "KVCache":
         shape = (batch, heads, capacity, head_dim)
         return cls(like.new_zeros(shape), like.new_zeros(shape),
-                   torch.zeros(batch, capacity, dtype=torch.bool, device=like.device))
+                   torch.zeros(batch, capacity, dtype=torch.bool, device=like.device),
+                   torch.zeros(batch, dtype=torch.long, device=like.device))
 
-    def append(self, k: Tensor, v: Tensor, padding: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Stores n new positions and returns views of everything cached so far."""
+    @property
+    def length(self) -> int:
+        """The common length of all rows (an error when rows differ)."""
+        if self.lengths.numel() and not bool((self.lengths == self.lengths[0]).all()):
+            raise ValueError(f"cache rows have different lengths {self.lengths.tolist()}")
+        return int(self.lengths[0]) if self.lengths.numel() else 0
+
+    def append(self, k: Tensor, v: Tensor, padding: Tensor,
+               rows: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """Stores n new positions (k, v [B, H, n, d], padding [B, n]) after each row's own
+        length, for the rows marked in `rows` ([B] bool; None = all). Returns views of
+        everything cached so far, `end` = the longest row, with a key mask [B, end] that hides
+        pad tokens and the unfilled tail of shorter rows."""
         n = k.shape[2]
-        end = self.length + n
-        if end > self.keys.shape[2]:
-            raise ValueError(f"decoder cache holds {self.keys.shape[2]} positions; step {end} "
-                             f"is beyond it")
-        self.keys[:, :, self.length:end] = k
-        self.values[:, :, self.length:end] = v
-        self.padding[:, self.length:end] = padding
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end], self.padding[:, :end]
+        index = (torch.arange(k.shape[0], device=k.device) if rows is None
+                 else rows.nonzero().flatten())
+        if n and index.numel():
+            if int(self.lengths[index].max()) + n > self.keys.shape[2]:
+                raise ValueError(f"decoder cache holds {self.keys.shape[2]} positions; a row "
+                                 f"would grow to {int(self.lengths[index].max()) + n}")
+            for i in range(n):
+                at = self.lengths[index] + i
+                self.keys[index, :, at] = k[index, :, i]
+                self.values[index, :, at] = v[index, :, i]
+                self.padding[index, at] = padding[index, i]
+            self.lengths[index] += n
+        end = int(self.lengths.max())
+        unfilled = torch.arange(end, device=k.device)[None, :] >= self.lengths[:, None]
+        return (self.keys[:, :, :end], self.values[:, :, :end],
+                self.padding[:, :end] | unfilled)
+
+    def align_bias(self, bias: Tensor) -> Tensor:
+        """Right-aligns bias [.., H, Tq, t] to each row's keys: key j of row b (length n_b) gets
+        column t - n_b + j, as OFA's `[:, :, -src_len:]` does (spec 1.3). Returns [B, H, Tq, end];
+        columns past a row's length are masked by `append`'s key mask anyway."""
+        batch, end, t = self.lengths.shape[0], int(self.lengths.max()), bias.shape[-1]
+        columns = (t - self.lengths)[:, None] + torch.arange(end, device=bias.device)[None, :]
+        columns = columns.clamp(0, t - 1)
+        full = bias.expand(batch, *bias.shape[-3:])
+        index = columns[:, None, None, :].expand(batch, full.shape[1], full.shape[2], end)
+        return full.gather(-1, index)
+
+    def reorder(self, rows: Tensor) -> None:
+        """Row i becomes old row rows[i] (beam search; rows may repeat or disappear)."""
+        self.keys, self.values = self.keys[rows], self.values[rows]
+        self.padding, self.lengths = self.padding[rows], self.lengths[rows]
 
 
 class DecoderLayer(nn.Module):
@@ -98,15 +134,18 @@ class DecoderLayer(nn.Module):
 
     def forward(self, y: Tensor, encoder_kv: Tuple[Tensor, Tensor], self_bias: Tensor,
                 cross_bias: Tensor, self_padding_mask: Tensor,
-                encoder_padding_mask: Optional[Tensor], cache: Optional[KVCache] = None) -> Tensor:
+                encoder_padding_mask: Optional[Tensor], cache: Optional[KVCache] = None,
+                cache_rows: Optional[Tensor] = None) -> Tensor:
         """y [B, T, D]: the whole target (cache None) or the newest T positions (appended to
-        `cache`). self_bias [.., H, T, >= keys], cross_bias [.., H, T, S]; self_padding_mask
-        [B, T] marks pad tokens among the new positions."""
+        `cache`, for the rows marked in cache_rows [B] bool, default all). self_bias
+        [.., H, T, >= keys] (right-aligned to each row's cache), cross_bias [.., H, T, S];
+        self_padding_mask [B, T] marks pad tokens among the new positions."""
         x = self.self_attn_layer_norm(y)
         q = self.self_attn.project_query(x)
         k, v = self.self_attn.project_key_value(x)
         if cache is not None:
-            k, v, self_padding_mask = cache.append(k, v, self_padding_mask)
+            k, v, self_padding_mask = cache.append(k, v, self_padding_mask, cache_rows)
+            self_bias = cache.align_bias(self_bias)
         h = y + self.self_attn_ln(self.self_attn.attend(q, k, v, self_bias, self_padding_mask,
                                                         causal=True))
         q = self.encoder_attn.project_query(self.encoder_attn_layer_norm(h))

@@ -40,6 +40,8 @@ class OFAModel(nn.Module):
         return self.decoder.start(encoder_out, capacity)
 
     def decode_step(self, tokens: Tensor, state: DecoderState,
-                    after_layer: Optional[DecoderHook] = None) -> Tensor:
+                    after_layer: Optional[DecoderHook] = None,
+                    skipped_layer_cache: str = "reference") -> Tensor:
         """Logits [B, V] of the next position, feeding tokens [B] at position state.step."""
-        return self.decoder.logits(self.decoder.step(tokens, state, after_layer))[:, 0]
+        return self.decoder.logits(
+            self.decoder.step(tokens, state, after_layer, skipped_layer_cache))[:, 0]
