@@ -143,26 +143,41 @@ void LinearShapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Linear)->Apply(LinearShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PackedLinear)->Apply(LinearShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-// Image-stream self-attention: 900 tokens, 12 heads of 64, [T, H*Dh] projections. Arg: threads.
-void BM_Attention(benchmark::State& state) {
-  const int64_t tokens = 900, heads = 12, dh = 64, width = heads * dh;
-  const int threads = threads_arg(state.range(0));
-  mue::set_num_threads(threads);
-  const auto q = random_vector(tokens * width, 4), k = random_vector(tokens * width, 5),
-             v = random_vector(tokens * width, 6), bias = random_vector(heads * tokens * tokens, 7);
-  std::vector<float> out(tokens * width);
+mue::kernels::AttentionArgs token_major_attention(int64_t batch, int64_t heads, int64_t tq,
+                                                  int64_t tk, int64_t dh, const float* q,
+                                                  const float* k, const float* v, float* out) {
+  const int64_t width = heads * dh;
   mue::kernels::AttentionArgs a;
+  a.batch = batch;
   a.heads = heads;
-  a.tq = a.tk = tokens;
+  a.tq = tq;
+  a.tk = tk;
   a.head_dim = dh;
-  a.scale = 1.f / std::sqrt(2.f * dh);
-  a.q = q.data();
-  a.k = k.data();
-  a.v = v.data();
-  a.out = out.data();
+  a.scale = 1.f / std::sqrt(2.f * dh);  // spec 3.5
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.out = out;
+  a.q_batch_stride = a.out_batch_stride = tq * width;
+  a.k_batch_stride = a.v_batch_stride = tk * width;
   a.q_head_stride = a.k_head_stride = a.v_head_stride = a.out_head_stride = dh;
   a.q_row_stride = a.k_row_stride = a.v_row_stride = a.out_row_stride = width;
-  a.bias = bias.data();  // OFA always adds a position bias (spec 3.4)
+  return a;
+}
+
+// Image-stream self-attention: 900 tokens, 12 heads of 64, [T, H*Dh] projections, with OFA's
+// [H, T, T] position bias (spec 3.4). Arg: threads.
+void BM_Attention(benchmark::State& state) {
+  const int64_t tokens = 900, heads = 12, dh = 64;
+  const int threads = threads_arg(state.range(0));
+  mue::set_num_threads(threads);
+  const auto q = random_vector(tokens * heads * dh, 4), k = random_vector(tokens * heads * dh, 5),
+             v = random_vector(tokens * heads * dh, 6),
+             bias = random_vector(heads * tokens * tokens, 7);
+  std::vector<float> out(tokens * heads * dh);
+  auto a =
+      token_major_attention(1, heads, tokens, tokens, dh, q.data(), k.data(), v.data(), out.data());
+  a.bias = bias.data();
   a.bias_head_stride = tokens * tokens;
   a.bias_row_stride = tokens;
   mue::kernels::attention(a);
@@ -179,6 +194,58 @@ BENCHMARK(BM_Attention)
     ->Arg(0)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+// One decoder step of cross-attention: 5 beams x 12 heads, one query each over 900 image + 37
+// text keys. The beams of a sentence share the encoder's K/V (batch stride 0), so they stay in
+// cache; with a copy per beam the step reads 29 MB and is memory-bound. Arg: threads.
+void BM_AttentionDecodeStep(benchmark::State& state) {
+  const int64_t beams = 5, heads = 12, dh = 64, keys = 937;
+  const int threads = threads_arg(state.range(0));
+  mue::set_num_threads(threads);
+  const auto q = random_vector(beams * heads * dh, 8), k = random_vector(keys * heads * dh, 9),
+             v = random_vector(keys * heads * dh, 10);
+  std::vector<float> out(beams * heads * dh);
+  auto a =
+      token_major_attention(beams, heads, 1, keys, dh, q.data(), k.data(), v.data(), out.data());
+  a.k_batch_stride = a.v_batch_stride = 0;
+  mue::kernels::attention(a);
+  run_and_count(state, 4.0 * beams * heads * keys * dh, threads, [&] {
+    mue::kernels::attention(a);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  });
+}
+BENCHMARK(BM_AttentionDecodeStep)
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(0)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// The same step with the beams folded into the query rows (batch 1, tq = 5): legal because the
+// beams share K/V and the cross-attention bias row, and one GEMM per head replaces five GEMVs.
+void BM_AttentionDecodeStepBeamsAsRows(benchmark::State& state) {
+  const int64_t beams = 5, heads = 12, dh = 64, keys = 937;
+  const int threads = threads_arg(state.range(0));
+  mue::set_num_threads(threads);
+  const auto q = random_vector(beams * heads * dh, 8), k = random_vector(keys * heads * dh, 9),
+             v = random_vector(keys * heads * dh, 10);
+  std::vector<float> out(beams * heads * dh);
+  const auto a =
+      token_major_attention(1, heads, beams, keys, dh, q.data(), k.data(), v.data(), out.data());
+  mue::kernels::attention(a);
+  run_and_count(state, 4.0 * beams * heads * keys * dh, threads, [&] {
+    mue::kernels::attention(a);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  });
+}
+BENCHMARK(BM_AttentionDecodeStepBeamsAsRows)
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(0)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -110,7 +110,7 @@ struct TokenMajor {
 void check(AttentionArgs args, int64_t out_size, double atol = 2e-6, double rtol = 1e-5) {
   std::vector<float> expected;
   reference_attention(args, expected, out_size);
-  std::vector<float> out(out_size, 0.f);
+  std::vector<float> out(out_size, NAN);  // every element is addressed and must be written
   args.out = out.data();
   attention(args);
   expect_close(out, expected, atol, rtol);
@@ -219,6 +219,37 @@ TEST(KernelsAttention, HeadMajorKvCacheWithSpareCapacity) {
 TEST(KernelsAttention, SingleQueryCrossAttentionOverManyKeys) {
   TokenMajor t(5, 12, 1, 937, 64, 13);  // 5 beams over 900 image + 37 text tokens
   check(t.args, t.out_size());
+}
+
+TEST(KernelsAttention, BatchSharingKeysAndValues) {
+  // Beams of one sentence read the same encoder K/V (batch stride 0); the kernel may then fold
+  // the batch into the query rows. 5 x 29 rows make query blocks that straddle batch entries, and
+  // per-batch padding, per-batch bias and a causal offset must still follow each row's own batch.
+  const int64_t batch = 5, heads = 2, tq = 29, tk = 40, dh = 16;
+  TokenMajor t(batch, heads, tq, tk, dh, 20);
+  AttentionArgs& a = t.args;
+  a.k_batch_stride = a.v_batch_stride = 0;
+  std::vector<uint8_t> padding(batch * tk, 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t j = tk - 2 * b; j < tk; ++j) padding[b * tk + j] = 1;
+  }
+  a.key_padding = padding.data();
+  a.key_padding_stride = tk;
+  const auto bias = random_vector(batch * heads * tq * tk, 21);
+  a.bias = bias.data();
+  a.bias_batch_stride = heads * tq * tk;
+  a.bias_head_stride = tq * tk;
+  a.bias_row_stride = tk;
+  for (bool causal : {false, true}) {
+    SCOPED_TRACE(causal ? "causal" : "not causal");
+    a.causal = causal;
+    a.causal_offset = 3;
+    check(a, t.out_size());
+  }
+  // One query per beam, as in a decoding step.
+  TokenMajor step(batch, 12, 1, 37, 64, 22);
+  step.args.k_batch_stride = step.args.v_batch_stride = 0;
+  check(step.args, step.out_size());
 }
 
 TEST(KernelsAttention, SeveralQueryBlocksAtHeadDim64) {

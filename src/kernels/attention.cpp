@@ -66,16 +66,33 @@ float* thread_row_factors(int64_t rows) {
   return factors.data();
 }
 
-// Rows [row_begin, row_begin + rows) of one (batch, head). Returns false if a GEMM failed.
-bool attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t row_begin, int64_t rows) {
-  const int64_t dh = a.head_dim;
+// The query rows one work item handles. Normally rows [row_begin, row_begin + rows) of one batch
+// entry. When every batch entry reads the same K and V (batch stride 0, e.g. the beams of one
+// sentence in cross-attention) and Q/out batches are contiguous, batches are folded into the rows
+// (`folded`): row index row_begin + r then means (batch, row) = divmod(row_begin + r, tq), and one
+// GEMM serves several batch entries.
+struct QueryBlock {
+  int64_t batch, head, row_begin, rows;
+  bool folded;
+};
+
+// Returns false if a GEMM failed.
+bool attend_block(const AttentionArgs& a, const QueryBlock& blk) {
+  const int64_t dh = a.head_dim, h = blk.head, rows = blk.rows, row_begin = blk.row_begin;
+  const int64_t b = blk.batch;  // 0 when folded
   float* out =
       a.out + b * a.out_batch_stride + h * a.out_head_stride + row_begin * a.out_row_stride;
   const int64_t out_ld = leading_dim(rows, a.out_row_stride, dh);
+  auto batch_of = [&](int64_t r) { return blk.folded ? (row_begin + r) / a.tq : b; };
+  auto row_of = [&](int64_t r) { return blk.folded ? (row_begin + r) % a.tq : row_begin + r; };
 
-  // With a causal mask no row of this block sees keys past this one.
+  // With a causal mask no row of this block sees keys past the latest row's.
   int64_t keys = a.tk;
-  if (a.causal) keys = std::clamp<int64_t>(row_begin + rows + a.causal_offset, 0, a.tk);
+  if (a.causal) {
+    const bool one_batch = !blk.folded || batch_of(0) == batch_of(rows - 1);
+    const int64_t latest_row = one_batch ? row_of(rows - 1) : a.tq - 1;
+    keys = std::clamp<int64_t>(latest_row + 1 + a.causal_offset, 0, a.tk);
+  }
   if (keys == 0) {
     for (int64_t r = 0; r < rows; ++r) std::fill_n(out + r * out_ld, dh, 0.f);
     return true;
@@ -94,16 +111,16 @@ bool attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t row_begi
   // Softmax normalisation and head_scale are applied to the [rows, dh] output rather than to the
   // [rows, keys] weights.
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
-  const uint8_t* padding =
-      a.key_padding != nullptr ? a.key_padding + b * a.key_padding_stride : nullptr;
   const float head_scale = a.head_scale != nullptr ? a.head_scale[h] : 1.f;
   float* row_factor = thread_row_factors(rows);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = row_begin + r;
+    const int64_t row_batch = batch_of(r), i = row_of(r);
     float* s = scores + r * keys;
-    const float* bias = a.bias != nullptr ? a.bias + b * a.bias_batch_stride +
+    const float* bias = a.bias != nullptr ? a.bias + row_batch * a.bias_batch_stride +
                                                 h * a.bias_head_stride + i * a.bias_row_stride
                                           : nullptr;
+    const uint8_t* padding =
+        a.key_padding != nullptr ? a.key_padding + row_batch * a.key_padding_stride : nullptr;
     // Separate simple loops: each vectorises, where one fused loop with branches did not.
     if (bias != nullptr) {
 #pragma omp simd
@@ -140,21 +157,27 @@ bool attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t row_begi
 void attention(const AttentionArgs& a) {
   check_args(a);
   if (a.batch == 0 || a.heads == 0 || a.tq == 0) return;
+  const bool folded = a.batch > 1 && a.k_batch_stride == 0 && a.v_batch_stride == 0 &&
+                      a.q_batch_stride == a.tq * a.q_row_stride &&
+                      a.out_batch_stride == a.tq * a.out_row_stride;
+  const int64_t outer_batches = folded ? 1 : a.batch;
+  const int64_t rows_per_head = folded ? a.batch * a.tq : a.tq;
   // Even blocks (900 rows -> 15 x 60) so the last item is not a short straggler.
-  const int64_t nominal_blocks = (a.tq + kQueryBlock - 1) / kQueryBlock;
-  const int64_t block_rows = (a.tq + nominal_blocks - 1) / nominal_blocks;
-  const int64_t blocks = (a.tq + block_rows - 1) / block_rows;
-  const int64_t items = a.batch * a.heads * blocks;
+  const int64_t nominal_blocks = (rows_per_head + kQueryBlock - 1) / kQueryBlock;
+  const int64_t block_rows = (rows_per_head + nominal_blocks - 1) / nominal_blocks;
+  const int64_t blocks = (rows_per_head + block_rows - 1) / block_rows;
+  const int64_t items = outer_batches * a.heads * blocks;
   // Exceptions may not leave an OpenMP region, so failures are counted and reported after it.
   int64_t failures = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : failures) \
-    if (items > 1 && a.tq * a.tk * a.head_dim > 32768)
+    if (items > 1 && a.batch * a.tq * a.tk * a.head_dim > 32768)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t block = item % blocks;
     const int64_t h = (item / blocks) % a.heads;
     const int64_t b = item / (blocks * a.heads);
     const int64_t row_begin = block * block_rows;
-    if (!attend_block(a, b, h, row_begin, std::min(block_rows, a.tq - row_begin))) ++failures;
+    const QueryBlock blk{b, h, row_begin, std::min(block_rows, rows_per_head - row_begin), folded};
+    if (!attend_block(a, blk)) ++failures;
   }
   if (failures > 0) throw Error("attention: oneDNN sgemm failed on the Q K^T or P V product");
 }
