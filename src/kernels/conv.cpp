@@ -161,15 +161,28 @@ Conv2d& Conv2d::operator=(Conv2d&& other) noexcept {
   return *this;
 }
 
+namespace {
+void check_not_moved_from(const void* impl) {
+  if (impl == nullptr) throw Error("Conv2d: use of a moved-from convolution");
+}
+}  // namespace
+
 int64_t Conv2d::out_extent(int64_t in_extent) const {
+  check_not_moved_from(impl_);
   return conv_extent(in_extent, impl_->kernel, impl_->stride, impl_->padding);
 }
-int64_t Conv2d::out_channels() const { return impl_->out_channels; }
-int64_t Conv2d::in_channels() const { return impl_->in_channels; }
+int64_t Conv2d::out_channels() const {
+  check_not_moved_from(impl_);
+  return impl_->out_channels;
+}
+int64_t Conv2d::in_channels() const {
+  check_not_moved_from(impl_);
+  return impl_->in_channels;
+}
 
 void Conv2d::forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
                      const float* residual, Activation act) const {
-  if (impl_ == nullptr) throw Error("Conv2d: forward on a moved-from convolution");
+  check_not_moved_from(impl_);
   if (n < 0 || h <= 0 || w <= 0 || h + 2 * impl_->padding < impl_->kernel ||
       w + 2 * impl_->padding < impl_->kernel) {
     throw Error("Conv2d: input n=" + std::to_string(n) + " h=" + std::to_string(h) +

@@ -56,7 +56,8 @@ void layer_norm(const float* x, const float* gamma, const float* beta, float* y,
 }
 
 void gelu(float* x, int64_t n) {
-  check_rows("gelu", x, 1, n);
+  if (n < 0) throw Error("gelu: negative length " + std::to_string(n));
+  if (n > 0 && x == nullptr) throw Error("gelu: null data pointer");
   constexpr int64_t kChunk = 4096;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (n >= kMinParallelElements)
