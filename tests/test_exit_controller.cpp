@@ -97,3 +97,18 @@ TEST(ExitPolicy, JsonRoundTripAndBadValues) {
 
 }  // namespace
 }  // namespace mue
+
+namespace mue {
+namespace {
+
+TEST(ExitController, SinglePassUsesTheStaticThresholdWhateverTheSchedule) {
+  ExitPolicy p;
+  p.exit_threshold_decoder = 0.9;
+  p.decoder_schedule = DecoderSchedule::kDecaying;
+  ExitController c(p);
+  EXPECT_EQ(c.decoder_threshold(-1, 0), 0.9);
+  EXPECT_TRUE(c.should_exit(ExitStack::kDecoder, 0, 6, 0.95));  // entailment: no step
+}
+
+}  // namespace
+}  // namespace mue

@@ -142,6 +142,7 @@ ExitController::ExitController(ExitPolicy policy) : policy_(policy) { policy_.va
 
 double ExitController::decoder_threshold(int step, int max_len) const {
   double theta = policy_.exit_threshold_decoder;
+  if (step < 0) return theta;  // not generating: one pass, static threshold (spec 1.4)
   switch (policy_.decoder_schedule) {
     case DecoderSchedule::kStatic:
       return theta;
@@ -169,6 +170,20 @@ bool ExitController::uses_similarity(ExitStack stack) const {
       return policy_.fixed_depth_decoder == 0 && policy_.exit_threshold_decoder < 1.0;
   }
   return false;
+}
+
+bool ExitController::can_exit(ExitStack stack) const {
+  int fixed = stack == ExitStack::kImage  ? policy_.fixed_depth_image
+              : stack == ExitStack::kText ? policy_.fixed_depth_text
+                                          : policy_.fixed_depth_decoder;
+  return fixed > 0 || uses_similarity(stack);
+}
+
+ExitTest ExitController::test_for(ExitStack stack, int num_layers) const {
+  if (!can_exit(stack)) return nullptr;
+  return [this, stack, num_layers](int layer, int64_t, double cosine) {
+    return should_exit(stack, layer, num_layers, cosine);
+  };
 }
 
 bool ExitController::should_exit(ExitStack stack, int layer, int num_layers, double cosine,

@@ -14,15 +14,11 @@
 #include "layers/basic.h"
 #include "layers/resnet.h"
 #include "layers/transformer.h"
+#include "model/exit_controller.h"
 #include "mue/config.h"
 #include "mue/exit_policy.h"
 
 namespace mue {
-
-// Per-layer exit test, called after every layer of a stack with each active sample's cosine
-// similarity between the layer's output and input; returns true to stop that sample there.
-// `layer` is 0-based; `sample` is the sample's index in the call's batch.
-using ExitTest = std::function<bool(int layer, int64_t sample, double cosine)>;
 
 // Wall-clock seconds per stage, accumulated by the calls that receive it.
 struct StageTimes {

@@ -330,14 +330,7 @@ Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*
 
   ExitController ctl(policy_);
   int layers = model_->num_encoder_layers();
-  auto test_for = [&](ExitStack stack) -> ExitTest {
-    bool fixed =
-        stack == ExitStack::kImage ? policy_.fixed_depth_image > 0 : policy_.fixed_depth_text > 0;
-    if (!ctl.uses_similarity(stack) && !fixed) return nullptr;
-    return [&ctl, stack, layers](int layer, int64_t, double cos) {
-      return ctl.should_exit(stack, layer, layers, cos);
-    };
-  };
+  auto test_for = [&](ExitStack stack) { return ctl.test_for(stack, layers); };
   EncodedBatch out;
   out.reused.assign(static_cast<size_t>(batch), false);
   auto stack_images = [&](const std::vector<const PreparedImage*>& list) {
@@ -491,14 +484,9 @@ std::vector<EntailmentResult> Engine::entail(const std::vector<EntailmentQuery>&
       prev.data<int64_t>()[b * t + j] =
           j < static_cast<int64_t>(prompts[b].size()) - 1 ? prompts[b][j] : cfg.pad_id;
 
+  // Entailment is one non-incremental pass: the static decoder threshold applies (spec 1.4).
   ExitController ctl(policy_);
-  int layers = model_->num_decoder_layers();
-  ExitTest dec_test = nullptr;
-  if (ctl.uses_similarity(ExitStack::kDecoder) || policy_.fixed_depth_decoder > 0)
-    dec_test = [&](int layer, int64_t, double cos) {
-      // Entailment is one non-incremental pass: the static threshold applies (spec 1.4).
-      return ctl.should_exit(ExitStack::kDecoder, layer, layers, cos, 0, 0);
-    };
+  ExitTest dec_test = ctl.test_for(ExitStack::kDecoder, model_->num_decoder_layers());
   Stopwatch watch;
   std::vector<int> dec_layers;
   Tensor logits = model_->decode_full(eb.enc, prev, dec_test, &dec_layers, true);
