@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Quick self-checks of the PyTorch reference and its tools (seconds; --fixtures --ofa ~20 s).
 
-  /usr/bin/python3 tools/check_reference.py               # model, I/O, weights, buckets
+  /usr/bin/python3 tools/check_reference.py               # model, I/O, weights, buckets, exits
   /usr/bin/python3 tools/check_reference.py --fixtures    # + fixtures regenerate byte-identically
   /usr/bin/python3 tools/check_reference.py --ofa GITDIR  # + real OFA code agrees on the fixtures
 
@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import make_exit_fixtures  # noqa: E402
 import make_fixtures  # noqa: E402
 import ofa_reference as R  # noqa: E402
 import safetensors_np  # noqa: E402
@@ -35,6 +36,7 @@ import synthetic_weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "parity")
+EXIT_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "exits")
 failures = []
 
 
@@ -230,6 +232,189 @@ def check_model(tmp: str) -> None:
               "a bad model.safetensors is rejected, naming every bad tensor")
 
 
+def exit_inputs(case_name: str):
+    """Model, inputs and case of one exit fixture case (tools/make_exit_fixtures.py)."""
+    case = {c.name: c for c in make_exit_fixtures.CASES}[case_name]
+    config = R.make_config(case.size, case.encoder_mode, list(case.image_size))
+    inputs = make_fixtures.Case(case.name, case.size, case.encoder_mode, case.image_size,
+                                case.seed, case.src_lengths, case.tgt_lengths)
+    arrays = make_fixtures.make_inputs(inputs, config, np.random.default_rng(case.seed))
+    return case, R.synthetic_model(config, case.seed), [torch.from_numpy(a) for a in arrays]
+
+
+def check_exit_policy() -> None:
+    policy = R.ExitPolicy(exit_threshold_image=0.7, exit_threshold_decoder=0.9,
+                          decoder_schedule="decaying", fixed_depth_text=2,
+                          skipped_layer_cache="reference")
+    same = R.ExitPolicy.from_json(json.loads(json.dumps(policy.to_json()))) == policy
+    check(same and sorted(policy.to_json()) == sorted([
+        "exit_threshold_image", "exit_threshold_text", "exit_threshold_decoder",
+        "decoder_schedule", "calm_beta", "calm_tau", "fixed_depth_image", "fixed_depth_text",
+        "fixed_depth_decoder", "skipped_layer_cache"]),
+        "exit policy: JSON round trip with mue::ExitPolicy::to_json's fields")
+    bad = [dict(exit_threshold_text=0.0), dict(exit_threshold_decoder=1.5),
+           dict(decoder_schedule="linear"), dict(skipped_layer_cache="copy"),
+           dict(fixed_depth_decoder=-1), dict(calm_beta=2.0), dict(calm_tau=0.0)]
+    rejected = 0
+    for fields in bad:
+        try:
+            R.ExitPolicy(**fields)
+        except ValueError:
+            rejected += 1
+    check(rejected == len(bad), "exit policy: out-of-range fields are rejected")
+    # Decaying (spec 1.4): max_len 16 -> steps 0..5 never exit, then 0.9 theta + 0.1 e^-(t+1)/17.
+    decaying = [policy.threshold("decoder", t, 16) for t in range(17)]
+    calm = R.ExitPolicy(exit_threshold_decoder=0.99, decoder_schedule="calm", calm_beta=0.95)
+    check(decaying[:6] == [1.0] * 6
+          and abs(decaying[6] - (0.81 + 0.1 * math.exp(-7 / 17))) < 1e-15
+          and abs(calm.threshold("decoder", 3, 16) - (0.95 * 0.99 + 0.05 * math.exp(-4 / 17)))
+          < 1e-15, "exit policy: decaying and CALM decoder schedules")
+    cos = torch.tensor([0.5, 0.9, 0.9000001, 1.0000001], dtype=torch.float64)
+    strict = R.ExitPolicy(exit_threshold_text=0.9).exits("text", 0, 4, cos).tolist()
+    never = R.ExitPolicy().exits("text", 0, 4, cos).tolist()
+    last = R.ExitPolicy().exits("text", 3, 4, cos).tolist()
+    fixed = [policy.exits("text", layer, 4, cos[:1]).item() for layer in range(4)]
+    check(strict == [False, False, True, True] and never == [False] * 4 and last == [True] * 4
+          and fixed == [False, True, True, True],
+          "exit test: strict cos > threshold, 1.0 never exits, the last layer and fixed depth k "
+          "stop")
+    a = torch.randn(3, 5, 4)
+    b = torch.randn(3, 5, 4)
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    got = R.flat_cosine(a, b, valid)
+    want = [torch.nn.functional.cosine_similarity(a[i, :n].flatten().double(),
+                                                  b[i, :n].flatten().double(), dim=0).item()
+            for i, n in enumerate([5, 2, 1])]
+    zero = R.flat_cosine(torch.zeros(1, 2, 3), torch.ones(1, 2, 3)).item()
+    check(max(abs(g - w) for g, w in zip(got.tolist(), want)) < 1e-14 and zero == 0.0,
+          "exit cosine: per sample over valid positions flattened, float64, 0 for a zero vector")
+
+
+def run_exits(model, images, src, prev, case, policy):
+    """Encoder exits, VE pass and beam search of one policy (both cache modes)."""
+    enc = R.mue.encode(model, images, src, policy)
+    ve_logits, ve_layers = R.score_ve(model, enc, prev, policy)
+    gens = {m: R.beam_search(model, enc, case.options(),
+                             R.ExitPolicy(**dict(policy.to_json(), skipped_layer_cache=m)))
+            for m in ("propagate", "reference")}
+    return enc, ve_logits, ve_layers, gens
+
+
+def check_exits() -> None:
+    """MuE exits in the reference: batched equals one by one; the cache modes; fixed depth."""
+    for name in ("test_decomposed_static", "test_joint_calm", "tiny_decomposed_static"):
+        case, model, (images, src, prev) = exit_inputs(name)
+        policy = case.exit_policy()
+        enc, ve_logits, ve_layers, gens = run_exits(model, images, src, prev, case, policy)
+        layers = R.exit_layers(enc)
+        same, worst = True, 0.0
+        for b in range(src.shape[0]):
+            n_src, n_tgt = int(src[b].ne(1).sum()), int(prev[b].ne(1).sum())
+            one = run_exits(model, images[b:b + 1], src[b:b + 1, :n_src], prev[b:b + 1, :n_tgt],
+                            case, policy)
+            one_layers = R.exit_layers(one[0])
+            same = same and all(int(one_layers[k][0]) == int(layers[k][b]) for k in layers)
+            same = same and int(one[2][0]) == int(ve_layers[b])
+            p = enc.num_image_tokens
+            worst = max(worst, (one[0].hidden[0] - enc.hidden[b, :p + n_src]).abs().max().item(),
+                        (one[1][0] - ve_logits[b]).abs().max().item())
+            for m in gens:
+                a, c = one[3][m][0], gens[m][b]
+                same = same and a.hypotheses[0].tokens == c.hypotheses[0].tokens
+                same = same and a.decoder_layers == c.decoder_layers
+                worst = max(worst, abs(a.hypotheses[0].score - c.hypotheses[0].score))
+        check(same and worst < 1e-4,
+              f"{name}: batched exits, VE and beam search equal each sample alone, unpadded "
+              f"(same exits and tokens, max diff {worst:.1e})")
+
+    # Teacher-forced decoding where layer 1 is skipped at step 1 and runs again at step 2.
+    case, model, (images, src, prev) = exit_inputs("tiny_decomposed_static")
+    enc = model.encode(images, src)
+    tokens = prev[:, :4]
+    logits, states = {}, {}
+    for mode in ("propagate", "reference"):
+        state = model.start_decoding(enc, 4)
+        steps = []
+        for t in range(4):
+            stop_at = 1 if t == 1 else 4
+            steps.append(model.decode_step(tokens[:, t], state,
+                                           lambda idx, x, y, k=stop_at: idx + 1 >= k, mode))
+        logits[mode], states[mode] = torch.stack(steps, 1), state
+    diff = (logits["propagate"] - logits["reference"]).abs().amax(dim=(0, 2))
+    lengths = {m: [c.length for c in states[m].caches] for m in states}
+    check(diff[:2].max().item() == 0.0 and diff[2].min().item() > 1e-3
+          and lengths == {"propagate": [4] * 4, "reference": [4, 3, 3, 3]},
+          f"propagate and reference caches agree until a skipped layer runs again, then differ "
+          f"(max logit diff per step {[round(v, 4) for v in diff.tolist()]}; cache lengths "
+          f"{lengths})")
+    # The propagated K/V: each skipped layer j gets k_proj_j(self_attn_layer_norm_j(h)) of the
+    # exited state h (layer 0's output at step 1).
+    state = model.start_decoding(enc, 2)
+    model.decode_step(tokens[:, 0], state)
+    exited = []
+    model.decode_step(tokens[:, 1], state,
+                      lambda idx, x, y: exited.append(y) or idx == 0, "propagate")
+    layer = model.decoder.layers[2]
+    expected = layer.self_attn.project_key_value(layer.self_attn_layer_norm(exited[0]))[0]
+    err = (state.caches[2].keys[:, :, 1:2] - expected).abs().max().item()
+    check(err < 1e-6, f"propagate: a skipped layer's cache entry is its K of the exited state "
+          f"({err:.1e})")
+
+    # Fixed depths: every sample and every step stops after exactly k layers.
+    case, model, (images, src, prev) = exit_inputs("tiny_decomposed_fixed")
+    for depths in ((1, 3, 2), (2, 1, 3), (4, 4, 1), (7, 2, 9)):
+        policy = R.ExitPolicy(fixed_depth_image=depths[0], fixed_depth_text=depths[1],
+                              fixed_depth_decoder=depths[2])
+        enc, ve_logits, ve_layers, gens = run_exits(model, images, src, prev, case, policy)
+        want = [min(k, 4) for k in depths]
+        layers = R.exit_layers(enc)
+        full = model.encode(images, src)
+        p = enc.num_image_tokens
+        kept = torch.cat([full.streams["image"].states[want[0]],
+                          full.streams["text"].states[want[1]]], dim=1)
+        ok = (layers["image"].tolist() == [want[0]] * 3 and layers["text"].tolist() == [want[1]] * 3
+              and ve_layers.tolist() == [want[2]] * 3
+              and all(g.decoder_layers == [want[2]] * len(g.decoder_layers)
+                      for m in gens for g in gens[m])
+              and torch.allclose(enc.hidden, model.encoder.layer_norm(kept), atol=1e-6)
+              and p == full.num_image_tokens)
+        check(ok, f"fixed depths {depths}: exits at exactly {want} (encoder output = layer "
+              f"k's state of a full run)")
+
+    # Beam 1 without exits is greedy: argmax with pad banned, min_len, the forced EOS and the
+    # no-repeat-ngram rule, step by step.
+    case, model, (images, src, prev) = exit_inputs("test_decomposed_fixed_greedy")
+    enc = model.encode(images, src)
+    options = R.GenerationOptions(beam_size=1, max_len=6, min_len=2, no_repeat_ngram_size=2)
+    result = R.beam_search(model, enc, options, R.ExitPolicy())
+    greedy_ok = True
+    for b in range(src.shape[0]):
+        one = R.EncoderOutput(enc.hidden[b:b + 1], enc.padding_mask[b:b + 1],
+                              enc.position_embedding, enc.num_image_tokens, {}, {})
+        state = model.start_decoding(one, options.max_len + 1)
+        seq, score = [0], 0.0
+        for step in range(options.max_len + 1):
+            logits = model.decode_step(torch.tensor(seq[-1:]), state)[0]
+            lprobs = torch.log_softmax(logits.double(), -1)
+            lprobs[1] = -math.inf
+            if step < options.min_len:
+                lprobs[2] = -math.inf
+            if step == options.max_len:
+                lprobs[torch.arange(lprobs.shape[0]) != 2] = -math.inf
+            for i in range(len(seq) - 1):  # bigrams: ban what followed the last token before
+                if seq[i] == seq[-1]:
+                    lprobs[seq[i + 1]] = -math.inf
+            token = int(lprobs.argmax())
+            score += float(lprobs[token])
+            seq.append(token)
+            if token == 2:
+                break
+        got = result[b].hypotheses[0]
+        greedy_ok = (greedy_ok and got.tokens == seq[1:]
+                     and abs(got.score - score / len(seq[1:])) < 1e-5)
+    check(greedy_ok, "beam 1 without exits equals a plain greedy loop (bans, min_len, forced EOS)")
+
+
 def check_fixtures(tmp: str) -> None:
     out = os.path.join(tmp, "fixtures")
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_fixtures.py"), "--out", out],
@@ -242,6 +427,18 @@ def check_fixtures(tmp: str) -> None:
                                                    shallow=False)
         same = same and not mismatch and not errors
     check(same, "make_fixtures.py regenerates the committed fixtures byte for byte")
+    out = os.path.join(tmp, "exit_fixtures")
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_exit_fixtures.py"), "--out",
+                    out], check=True, stdout=subprocess.DEVNULL)
+    names = sorted(os.listdir(out))
+    same = names == sorted(d for d in os.listdir(EXIT_FIXTURES)
+                           if os.path.isdir(os.path.join(EXIT_FIXTURES, d)))
+    for name in names:
+        match, mismatch, errors = filecmp.cmpfiles(
+            os.path.join(out, name), os.path.join(EXIT_FIXTURES, name),
+            ["config.json", "case.json", "io.safetensors"], shallow=False)
+        same = same and not mismatch and not errors
+    check(same, "make_exit_fixtures.py regenerates the committed exit fixtures byte for byte")
 
 
 OFA_FILES = ("unify_transformer", "unify_transformer_layer", "unify_multihead_attention", "resnet",
@@ -435,6 +632,8 @@ def main() -> int:
         check_safetensors(tmp)
         check_buckets()
         check_model(tmp)
+        check_exit_policy()
+        check_exits()
         if args.fixtures:
             check_fixtures(tmp)
         if args.ofa:

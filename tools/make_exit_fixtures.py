@@ -90,7 +90,8 @@ class ExitCase:
         return (f"{self.size} config, {self.encoder_mode} encoder, {h}x{w} images, batch "
                 f"{len(self.src_lengths)}, source lengths {list(self.src_lengths)}, VE target "
                 f"lengths {list(self.tgt_lengths)}; {exits}; {search}, max_len {self.max_len}; "
-                f"weights: synthetic recipe, seed {self.seed}" + (f". {self.note}" if self.note else ""))
+                f"weights: synthetic recipe, seed {self.seed}"
+                + (f". {self.note}" if self.note else ""))
 
 
 CASES: List[ExitCase] = [
@@ -285,8 +286,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="fixture directory (cases are replaced)")
     parser.add_argument("--only", nargs="*", default=None, help="case names to (re)write")
-    parser.add_argument("--explore", metavar="CASE", help="print a case's cosines and scan thresholds")
-    parser.add_argument("--stack", choices=R.mue.STACKS, help="with --explore: the threshold to scan")
+    parser.add_argument("--explore", metavar="CASE",
+                        help="print a case's cosines and scan thresholds")
+    parser.add_argument("--stack", choices=R.mue.STACKS,
+                        help="with --explore: the threshold to scan")
     parser.add_argument("--grid", type=float, nargs="*", default=[])
     args = parser.parse_args(argv)
     cases = {c.name: c for c in CASES}

@@ -89,7 +89,8 @@ class ExitPolicy:
                 return 1.0
             return 0.9 * theta + 0.1 * math.exp(-(step + 1.0) / (max_len + 1.0))
         beta = self.calm_beta
-        value = beta * theta + (1.0 - beta) * math.exp(-self.calm_tau * (step + 1.0) / (max_len + 1.0))
+        decay = math.exp(-self.calm_tau * (step + 1.0) / (max_len + 1.0))
+        value = beta * theta + (1.0 - beta) * decay
         return min(max(value, 0.0), 1.0)
 
     def fixed_depth(self, stack: str) -> int:
