@@ -539,6 +539,30 @@ def ofa_args(c):
         tie_adaptive_weights=False, adaptive_softmax_cutoff=None, char_inputs=False)
 
 
+def ofa_modules(U, config, model, decoder_class: str = "TransformerDecoder"):
+    """OFA's encoder (MuE's for `decomposed`) and decoder, in eval mode, holding `model`'s
+    weights; and whether the state-dict keys come in OFA's order."""
+    args = ofa_args(config)
+    embed = torch.nn.Embedding(config["vocab_size"], config["d_model"], config["pad_id"])
+    encoder = (U.TransformerEncoder_MuE if config["encoder_mode"] == "decomposed"
+               else U.TransformerEncoder)(args, None, embed)
+    decoder = getattr(U, decoder_class)(args, None, embed)
+    if config["resnet_width"] != 64 or config["resnet_layers"] != [3, 4, 6]:
+        # OFA's ResNet is 64 wide; the `test` cases reuse the reference backbone, which the
+        # OFA-tiny cases check against OFA's.
+        encoder.embed_images = R.resnet.ResNet(config["resnet_layers"], config["resnet_width"])
+        encoder.image_proj = torch.nn.Linear(encoder.embed_images.out_channels, config["d_model"])
+    state = model.state_dict()
+    keys_match = True
+    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(own, strict=False)
+        theirs = [k for k in module.state_dict()
+                  if "rp_bucket" not in k and k not in ("version", "image_position_idx")]
+        keys_match = keys_match and list(own) == theirs
+    return encoder.eval(), decoder.eval(), keys_match
+
+
 def check_against_ofa(git_dir: str, ref: str, tmp: str) -> None:
     src = os.path.join(tmp, "ofa_run")
     for path, text in FAIRSEQ_STUB.items():
@@ -566,26 +590,7 @@ def check_against_ofa(git_dir: str, ref: str, tmp: str) -> None:
         io = {k: torch.from_numpy(np.array(v))
               for k, v in safetensors_np.load_file(os.path.join(directory, "io.safetensors")).items()}
         model = R.synthetic_model(config, info["seed"])
-        args = ofa_args(config)
-        embed = torch.nn.Embedding(config["vocab_size"], config["d_model"], config["pad_id"])
-        encoder = (U.TransformerEncoder_MuE if config["encoder_mode"] == "decomposed"
-                   else U.TransformerEncoder)(args, None, embed)
-        decoder = U.TransformerDecoder(args, None, embed)
-        if config["resnet_width"] != 64 or config["resnet_layers"] != [3, 4, 6]:
-            # OFA's ResNet is 64 wide; the `test` cases reuse the reference backbone, which the
-            # OFA-tiny cases check against OFA's.
-            encoder.embed_images = R.resnet.ResNet(config["resnet_layers"], config["resnet_width"])
-            encoder.image_proj = torch.nn.Linear(encoder.embed_images.out_channels, config["d_model"])
-        state = model.state_dict()
-        keys_match = True
-        for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(own, strict=False)
-            theirs = [k for k in module.state_dict()
-                      if "rp_bucket" not in k and k not in ("version", "image_position_idx")]
-            keys_match = keys_match and list(own) == theirs
-        encoder.eval()
-        decoder.eval()
+        encoder, decoder, keys_match = ofa_modules(U, config, model)
         src_tokens, prev = io["src_tokens"], io["prev_output_tokens"]
         batch = src_tokens.shape[0]
         kwargs = dict(patch_images=io["patch_images"],
@@ -617,6 +622,76 @@ def check_against_ofa(git_dir: str, ref: str, tmp: str) -> None:
         check(keys_match and max(worst.values()) < 1e-4,
               f"OFA {ref} agrees on {case}: same keys in the same order, max diffs " +
               ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+    check_exits_against_ofa(U, ref)
+
+
+def check_exits_against_ofa(U, ref: str) -> None:
+    """The released MuE code (TransformerEncoder_MuE / TransformerDecoder_MuE, is_train=False)
+    on each sample of each exit fixture alone (its exit decision covers the whole batch): encoder
+    exits (decomposed), the VE pass, and for greedy cases the generated tokens fed step by step
+    with the schedule's threshold, which is the `reference` cache mode."""
+    for case in sorted(os.listdir(EXIT_FIXTURES)):
+        directory = os.path.join(EXIT_FIXTURES, case)
+        if not os.path.isdir(directory):
+            continue
+        config = R.read_config(directory)
+        info = json.load(open(os.path.join(directory, "case.json")))
+        policy = R.ExitPolicy.from_json(info["policy"])
+        if policy.fixed_depth_image or policy.fixed_depth_text or policy.fixed_depth_decoder:
+            continue  # the released code has no fixed depths
+        arrays = safetensors_np.load_file(os.path.join(directory, "io.safetensors"))
+        io = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        model = R.synthetic_model(config, info["seed"])
+        encoder, decoder, _ = ofa_modules(U, config, model, "TransformerDecoder_MuE")
+        pad, eos, ids = config["pad_id"], config["eos_id"], io["ve_logits_ids"]
+        gen = info["generation"]
+        same, worst, steps_checked = True, 0.0, 0
+        for b in range(io["src_tokens"].shape[0]):
+            n_src = int(io["src_tokens"][b].ne(pad).sum())
+            n_tgt = int(io["prev_output_tokens"][b].ne(pad).sum())
+            src = io["src_tokens"][b:b + 1, :n_src]
+            kwargs = dict(patch_images=io["patch_images"][b:b + 1],
+                          patch_masks=torch.ones(1, dtype=torch.bool))
+            p = io["encoder_out"].shape[1] - io["src_tokens"].shape[1]
+            with torch.no_grad():
+                if config["encoder_mode"] == "decomposed":
+                    out = encoder.forward_scriptable(
+                        src, torch.tensor([n_src]), is_train=False,
+                        img_thres=policy.exit_threshold_image,
+                        txt_thres=policy.exit_threshold_text, **kwargs)
+                    same = same and out["exit_layer"] == [int(io["image_layers"][b]),
+                                                          int(io["text_layers"][b])]
+                    worst = max(worst, (out["encoder_out"][0][:, 0]
+                                        - io["encoder_out"][b, :p + n_src]).abs().max().item())
+                else:  # stock OFA has no joint exits: its decoder reads our joint encoder output
+                    out = encoder.forward_scriptable(src, torch.tensor([n_src]), **kwargs)
+                    out["encoder_out"] = [io["encoder_out"][b:b + 1, :p + n_src].transpose(0, 1)]
+                logits, extra = decoder(io["prev_output_tokens"][b:b + 1, :n_tgt],
+                                        encoder_out=out, is_train=False,
+                                        decoder_thres=policy.exit_threshold_decoder)
+                same = same and extra["exit_layer"] == int(io["ve_decoder_layers"][b])
+                worst = max(worst, (logits[0, -1, ids] - io["ve_logits"][b]).abs().max().item())
+                if gen["beam_size"] != 1:
+                    continue
+                tokens = io["gen_tokens_reference"][b]
+                tokens = tokens[:int((tokens == eos).nonzero()[0]) + 1]
+                prev = torch.cat([torch.tensor([config["bos_id"]]), tokens[:-1]])[None]
+                incremental, total = {}, 0.0
+                for t in range(prev.shape[1]):
+                    step_logits, extra = decoder(
+                        prev[:, :t + 1], encoder_out=out, incremental_state=incremental,
+                        is_train=False,
+                        decoder_thres=policy.threshold("decoder", t, gen["max_len"]))
+                    total += torch.log_softmax(step_logits[0, -1].double(), -1)[tokens[t]].item()
+                    used = int(io["gen_decoder_layers_reference"][b, t])
+                    same = same and extra["exit_layer"] == used
+                    steps_checked += 1
+                score = total / len(tokens) ** gen["length_penalty"]
+                worst = max(worst, abs(score - info["gen_scores_float64"]["reference"][b]))
+        check(same and worst < 1e-4,
+              f"OFA {ref} MuE code agrees on exits/{case}, sample by sample: same exit layers"
+              f"{f' (and {steps_checked} greedy steps)' if steps_checked else ''}, max diff "
+              f"{worst:.1e}")
 
 
 def main() -> int:
