@@ -274,10 +274,12 @@ def check_exit_policy() -> None:
     never = R.ExitPolicy().exits("text", 0, 4, cos).tolist()
     last = R.ExitPolicy().exits("text", 3, 4, cos).tolist()
     fixed = [policy.exits("text", layer, 4, cos[:1]).item() for layer in range(4)]
+    off = [R.ExitPolicy(decoder_schedule=s).exits("decoder", 0, 4, cos, 10, 12).any().item()
+           for s in ("decaying", "calm")]
     check(strict == [False, False, True, True] and never == [False] * 4 and last == [True] * 4
-          and fixed == [False, True, True, True],
-          "exit test: strict cos > threshold, 1.0 never exits, the last layer and fixed depth k "
-          "stop")
+          and fixed == [False, True, True, True] and off == [False, False],
+          "exit test: strict cos > threshold, 1.0 never exits (whatever the schedule), the last "
+          "layer and fixed depth k stop")
     a = torch.randn(3, 5, 4)
     b = torch.randn(3, 5, 4)
     valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)

@@ -106,7 +106,9 @@ class ExitPolicy:
         if fixed > 0:
             return torch.full_like(cosine, layer + 1 >= fixed, dtype=torch.bool)
         threshold = self.threshold(stack, step, max_len)
-        if threshold >= 1.0:  # 1.0 never exits, even if rounding lifts a cosine past 1
+        # 1.0 never exits, even if rounding lifts a cosine past 1; a base threshold of 1.0 turns
+        # the stack's exits off whatever the schedule would make of it.
+        if threshold >= 1.0 or getattr(self, f"exit_threshold_{stack}") >= 1.0:
             return torch.zeros_like(cosine, dtype=torch.bool)
         if margins is not None:
             margins.cosine(where, layer, cosine, threshold)
