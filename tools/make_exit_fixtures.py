@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import shutil
 import sys
@@ -243,6 +244,18 @@ def problems(case: ExitCase, outcome: Outcome) -> List[str]:
     return out
 
 
+def _strict_json(value):
+    """JSON has no Infinity or NaN (nlohmann::json rejects them): write null instead, e.g. for a
+    margin that no test ever measured."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def write_case(case: ExitCase, outcome: Outcome, out_dir: str) -> None:
     directory = os.path.join(out_dir, case.name)
     os.makedirs(directory, exist_ok=True)
@@ -250,7 +263,7 @@ def write_case(case: ExitCase, outcome: Outcome, out_dir: str) -> None:
                            name=f"exits-{case.name}")
     R.write_config(config, directory)
     with open(os.path.join(directory, "case.json"), "w") as f:
-        json.dump(outcome.info, f, indent=1)
+        json.dump(_strict_json(outcome.info), f, indent=1, allow_nan=False)
         f.write("\n")
     safetensors_np.save_file(outcome.tensors, os.path.join(directory, "io.safetensors"))
 
