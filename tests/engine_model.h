@@ -2,7 +2,10 @@
 // by the PyTorch reference's make_model.py (skipped without torch or ../shared/ofa-bpe).
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -30,8 +33,22 @@ inline std::filesystem::path random_engine_model(const std::string& name, const 
     return {};
   }
   std::filesystem::path dir = std::filesystem::path(MUE_BINARY_DIR) / "models" / name;
+  std::filesystem::create_directories(dir.parent_path());
+  // ctest runs every test as its own process, in parallel: one makes the model, the others
+  // wait on the lock and then find it.
+  int lock_fd = ::open((dir.string() + ".lock").c_str(), O_CREAT | O_RDWR, 0644);
+  if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX) != 0) {
+    *why = "cannot lock " + dir.string() + ".lock";
+    return {};
+  }
+  struct Unlock {
+    int fd;
+    ~Unlock() {
+      ::flock(fd, LOCK_UN);
+      ::close(fd);
+    }
+  } unlock{lock_fd};
   if (!std::filesystem::exists(dir / "model.safetensors")) {
-    std::filesystem::create_directories(dir.parent_path());
     ToolRun run = run_python_tool("make_model.py",
                                   "--size " + size + " --encoder-mode " + mode + " --image-size " +
                                       std::to_string(image_size) + " --seed 7 --out " +

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -42,7 +43,11 @@ inline ParityCase load_parity_case(const std::filesystem::path& dir,
     params.emplace_back(p.at(0).get<std::string>(), p.at(1).get<Shape>());
   std::filesystem::create_directories(work_dir);
   std::string weights = (work_dir / (c.name + ".safetensors")).string();
-  write_synthetic_model(weights, params, info.at("seed").get<uint64_t>());
+  // Tests run as parallel processes: write under a private name, then rename atomically, so a
+  // reader never maps a half-written file (the content is the same whoever writes it).
+  std::string tmp = weights + ".tmp" + std::to_string(::getpid());
+  write_synthetic_model(tmp, params, info.at("seed").get<uint64_t>());
+  std::filesystem::rename(tmp, weights);
   c.model = OfaModel::load(c.config, weights);
   c.io = SafeTensorsFile::open((dir / "io.safetensors").string());
   return c;
