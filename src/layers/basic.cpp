@@ -9,13 +9,14 @@ Linear Linear::load(WeightStore& w, const std::string& prefix, int64_t out, int6
   l.in = in;
   l.weight = w.get(prefix + ".weight", {out, in});
   if (with_bias) l.bias = w.get(prefix + ".bias", {out});
+  l.packed = std::make_shared<kernels::PackedLinear>(
+      l.weight.data<float>(), with_bias ? l.bias.data<float>() : nullptr, out, in);
   return l;
 }
 
 void Linear::forward(const float* x, float* y, int64_t rows, kernels::Activation act) const {
   if (rows == 0) return;
-  kernels::linear(x, weight.data<float>(), bias.raw() ? bias.data<float>() : nullptr, y, rows, out,
-                  in, act);
+  packed->forward(x, y, rows, act);
 }
 
 LayerNorm LayerNorm::load(WeightStore& w, const std::string& prefix, int64_t dim, float eps) {

@@ -73,6 +73,8 @@ void OfaModel::load_weights(WeightStore& w) {
   int64_t d = c.d_model, h = c.attention_heads;
   float eps = c.layer_norm_eps;
   embed_tokens_ = w.get("encoder.embed_tokens.weight", {c.vocab_size, d});
+  // The tied output projection h E^T (spec 3.6), packed once for the decoder's small M.
+  output_projection_ = kernels::PackedLinear(embed_tokens_.data<float>(), nullptr, c.vocab_size, d);
   // The decoder and the output projection share it (spec 3.7); if a file stores them
   // separately they must be the same tensor, so check their shapes through the store.
   for (const char* alias : {"decoder.embed_tokens.weight", "decoder.output_projection.weight"})
@@ -619,14 +621,12 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
                    static_cast<size_t>(d) * sizeof(float));
     dec_layer_norm_.forward(final_h, final_h, batch);
     Tensor logits = Tensor::empty({batch, v});
-    kernels::linear(final_h, embed_tokens_.data<float>(), nullptr, logits.data<float>(), batch, v,
-                    d);
+    output_projection_.forward(final_h, logits.data<float>(), batch);
     return logits;
   }
   dec_layer_norm_.forward(final_h, final_h, batch * t);
   Tensor logits = Tensor::empty({batch, t, v});
-  kernels::linear(final_h, embed_tokens_.data<float>(), nullptr, logits.data<float>(), batch * t, v,
-                  d);
+  output_projection_.forward(final_h, logits.data<float>(), batch * t);
   return logits;
 }
 
@@ -854,7 +854,7 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
   ++st.step;
   dec_layer_norm_.forward(final_h, final_h, rows);
   Tensor logits = Tensor::empty({rows, v});
-  kernels::linear(final_h, embed_tokens_.data<float>(), nullptr, logits.data<float>(), rows, v, d);
+  output_projection_.forward(final_h, logits.data<float>(), rows);
   return logits;
 }
 

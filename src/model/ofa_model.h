@@ -153,6 +153,7 @@ class OfaModel {
 
   // Encoder.
   Tensor embed_tokens_;  // [V, D] shared (spec 3.7)
+  kernels::PackedLinear output_projection_;
   LayerNorm enc_layernorm_embedding_, enc_patch_layernorm_embedding_, enc_layer_norm_;
   LayerNorm enc_pos_ln_, enc_image_pos_ln_;
   Tensor enc_type_embedding_, enc_embed_positions_, enc_embed_image_positions_;
