@@ -24,7 +24,8 @@ const char* kUsage = R"(usage:
 
 options:
   --model DIR               model directory (default: $MUE_MODEL, else the embedded model)
-  --policy FILE             exit policy JSON (as written by mue-calibrate)
+  --policy FILE             exit policy JSON (as written by mue-calibrate); default: the
+                            model's exit_policy.json if it ships one, else full depth
   --image-threshold X       exit the image stream when cos(out, in) > X   (0 < X <= 1)
   --text-threshold X        exit the text stream when cos(out, in) > X
   --decoder-threshold X     exit the decoder when cos(out, in) > X
@@ -119,7 +120,12 @@ Args parse(int argc, char** argv) {
 
 mue::ExitPolicy make_policy(const Args& a) {
   mue::ExitPolicy p;
-  if (!a.policy_file.empty()) p = mue::ExitPolicy::load(a.policy_file);
+  // A model may ship its calibrated policy; explicit flags and --policy take precedence.
+  std::string shipped = a.model + "/exit_policy.json";
+  if (!a.policy_file.empty())
+    p = mue::ExitPolicy::load(a.policy_file);
+  else if (std::filesystem::exists(shipped))
+    p = mue::ExitPolicy::load(shipped);
   nlohmann::json j = p.to_json();
   auto opt = [&](const char* flag) -> const std::string* {
     auto it = a.options.find(flag);
