@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "mue/mue.h"
 #include "parity_fixture.h"
 #include "python_tool.h"
 
@@ -238,6 +239,22 @@ TEST(ConvertCheckpoint, BaseShapes) {
   ASSERT_FALSE(c.report.is_null());
   EXPECT_EQ(c.report["parameters"], 182321352);
   EXPECT_EQ(c.report["config"]["resnet_layers"], nlohmann::json({3, 4, 23}));
+
+  // Issue 4's end-to-end check: the converted OFA-base model captions a real COCO JPEG through
+  // the library API (random weights, so the words are noise; the pipeline is what is tested).
+  std::string bpe = shared_bpe_dir();
+  fs::path coco = fs::path(MUE_SOURCE_DIR) / ".." / "shared/real/coco-val2017-mini/val2017" /
+                  "000000000139.jpg";
+  if (bpe.empty() || !fs::exists(coco)) GTEST_SKIP() << "no OFA BPE files or COCO images";
+  for (const char* f : {"encoder.json", "vocab.bpe", "dict.txt"})
+    fs::copy_file(fs::path(bpe) / f, c.model_dir / f, fs::copy_options::overwrite_existing);
+  auto engine = Engine::load(c.model_dir.string());
+  CaptionResult caption = engine->caption(coco.string());
+  ASSERT_FALSE(caption.tokens.empty());
+  EXPECT_EQ(caption.tokens.back(), engine->config().eos_id);
+  EXPECT_LE(caption.tokens.size(), 17u);  // at most 16 tokens + EOS (spec 2.2)
+  EXPECT_EQ(caption.exits.image_layers, 6);
+  EXPECT_EQ(caption.exits.decoder_layers.size(), caption.tokens.size());
 }
 
 // -- bad input ------------------------------------------------------------------------------------
