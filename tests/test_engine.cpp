@@ -3,6 +3,9 @@
 // input is refused with the reason.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <fstream>
+
 #include "engine_model.h"
 #include "mue/mue.h"
 
@@ -119,6 +122,25 @@ TEST_F(EngineTest, FixedDepthsAreHonoured) {
   EXPECT_EQ(r.exits.decoder_layers, std::vector<int>{3});
   // 1 - (1.5 + 3) / 8
   EXPECT_DOUBLE_EQ(r.exits.expected_time_reduction(), 1.0 - 4.5 / 8.0);
+}
+
+TEST_F(EngineTest, ImagesFromMemoryEqualImagesFromFiles) {
+  std::filesystem::path path = coco_image(2);
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  PreparedImage from_file = engine_->prepare_image(path.string());
+  PreparedImage from_memory = engine_->prepare_image(bytes.data(), bytes.size(), "upload.jpg");
+  EXPECT_EQ(from_file.content_key, from_memory.content_key);
+  ASSERT_EQ(from_file.pixels.shape(), (Shape{64, 64, 3}));
+  EXPECT_EQ(
+      0, std::memcmp(from_file.pixels.raw(), from_memory.pixels.raw(), from_file.pixels.nbytes()));
+  try {
+    engine_->prepare_image(bytes.data(), bytes.size() / 3, "half-upload.jpg");
+    FAIL() << "a truncated JPEG was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("half-upload.jpg"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(EngineTest, BadInputIsRefusedWithTheReason) {

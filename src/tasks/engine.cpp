@@ -249,25 +249,11 @@ size_t Engine::image_cache_hits() const { return cache_->hits(); }
 size_t Engine::image_cache_entries() const { return cache_->size(); }
 void Engine::clear_image_cache() { cache_->clear(); }
 
-PreparedImage Engine::prepare_image(const std::string& path) const {
-  Stopwatch watch;
-  const ModelConfig& c = config();
-  RgbImage img = decode_image_file(path, options_.max_image_pixels);
-  PreparedImage p;
-  p.name = path;
-  p.pixels = Tensor::empty({c.image_height, c.image_width, 3});
-  normalize_to_nhwc(resize_bicubic(img, c.image_width, c.image_height), c.image_mean.data(),
-                    c.image_std.data(), p.pixels.data<float>());
-  p.content_key = content_key_of(p.pixels);
-  p.seconds = watch.lap();
-  return p;
-}
+namespace {
 
-PreparedImage Engine::prepare_image(const uint8_t* data, size_t size,
-                                    const std::string& name) const {
-  Stopwatch watch;
-  const ModelConfig& c = config();
-  RgbImage img = decode_image(data, size, name, options_.max_image_pixels);
+// Resize to the model's input size (PIL bicubic), normalise, and key by content (spec 3.8).
+PreparedImage prepare_decoded(const RgbImage& img, const ModelConfig& c, const std::string& name,
+                              Stopwatch& watch) {
   PreparedImage p;
   p.name = name;
   p.pixels = Tensor::empty({c.image_height, c.image_width, 3});
@@ -276,6 +262,20 @@ PreparedImage Engine::prepare_image(const uint8_t* data, size_t size,
   p.content_key = content_key_of(p.pixels);
   p.seconds = watch.lap();
   return p;
+}
+
+}  // namespace
+
+PreparedImage Engine::prepare_image(const std::string& path) const {
+  Stopwatch watch;
+  return prepare_decoded(decode_image_file(path, options_.max_image_pixels), config(), path, watch);
+}
+
+PreparedImage Engine::prepare_image(const uint8_t* data, size_t size,
+                                    const std::string& name) const {
+  Stopwatch watch;
+  return prepare_decoded(decode_image(data, size, name, options_.max_image_pixels), config(), name,
+                         watch);
 }
 
 std::vector<int64_t> Engine::caption_prompt() const {
