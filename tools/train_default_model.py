@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""Trains the embedded default model (models/mue-scenes-small) on procedural scenes, MuE style.
+
+  train_default_model.py --out DIR --minutes 90 [--procs 2] [--seed 0] [--log DIR/train.log]
+
+One command from nothing: it learns the BPE vocabulary into DIR (tools/learn_bpe.py) unless
+DIR/encoder.json exists, then trains for --minutes of wall time and leaves DIR/checkpoint.pt
+(written every --save-minutes and at the end). tools/export_default_model.py turns it into the
+model directory.
+
+Recipe (spec 1.7 and the probe's notes):
+- the shipped model is ofa_reference.OFAModel with the decomposed (MuE) encoder; exits are off
+  in training, both encoder streams run every layer;
+- VE and captioning in every step: B scenes per process, H hypotheses per scene (the image stream
+  runs once per scene: it never sees the text) and one of the 5 captions per scene;
+- MuE's layer-wise task loss: the task CE of every decoder layer's output through the final
+  decoder LayerNorm and the tied output projection, summed over layers (VE's CE is over the three
+  answer tokens at the last prompt position, as OFA's constraint mask does; captioning has label
+  smoothing 0.1);
+- training-only auxiliary heads on the image stream (dropped at export): every image token
+  predicts its cell's colour, class and kind (empty / item / occluder / distractor) from each
+  encoder layer's image output after the final encoder LayerNorm, so the stem gets a direct signal
+  (probe lesson 2) and early image exits keep the scene;
+- AdamW (0.9, 0.98), weight decay 0.05 on matrices, peak LR 1e-3, 4% warm-up then cosine over
+  the time budget, gradient clip 1.0;
+- --procs one-thread processes, data-parallel with gloo (gradients averaged by hand); Debian's
+  torch runs slower with two threads in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import ofa_reference as R  # noqa: E402
+from learn_bpe import Bpe  # noqa: E402
+from scenes import SceneSource, pre_caption  # noqa: E402
+from scenes import prompts  # noqa: E402
+from scenes.render import CLASS_NAMES, COLOUR_NAMES  # noqa: E402
+
+NAME = "mue-scenes-small"
+
+
+def model_config(vocab_size: int, d_model: int) -> dict:
+    """OFA's architecture at a small size (FORMAT.md schema; tokenizer/tasks added at export)."""
+    config = R.make_config("tiny", encoder_mode="decomposed", image_size=[128, 128], name=NAME)
+    config.update(d_model=d_model, encoder_layers=6, decoder_layers=6, attention_heads=4,
+                  ffn_dim=4 * d_model, resnet_layers=[1, 1, 1], resnet_width=16,
+                  vocab_size=vocab_size, image_bucket_size=8)
+    return R.normalize_config(config)
+
+
+class AuxHeads(nn.Module):
+    """Training-only per-image-token heads: cell colour (7), class (8), kind (4)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.colour = nn.Linear(d_model, 1 + len(COLOUR_NAMES))
+        self.cls = nn.Linear(d_model, 1 + len(CLASS_NAMES))
+        self.kind = nn.Linear(d_model, 4)
+
+
+def cell_targets(grid: np.ndarray) -> np.ndarray:
+    """[4, 4] cell values -> [64] per image token (8x8 row-major; a cell is 2x2 tokens)."""
+    return np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1).reshape(-1)
+
+
+class Batcher:
+    """Tensors of one step from the scene source."""
+
+    def __init__(self, source: SceneSource, bpe: Bpe, config: dict):
+        self.source, self.bpe, self.config = source, bpe, config
+        self.bos, self.pad, self.eos = config["bos_id"], config["pad_id"], config["eos_id"]
+        self.caption_src = self.ids(prompts.CAPTION_PROMPT)
+        self.answer_ids = [self.ids(prompts.ANSWERS[k])[0] for k in ("contradiction",
+                                                                     "entailment", "neutral")]
+        for k in prompts.ANSWERS:
+            if len(self.ids(prompts.ANSWERS[k])) != 1:
+                raise ValueError(f"answer {prompts.ANSWERS[k]!r} is not one token")
+        self.label_index = {"contradiction": 0, "entailment": 1, "neutral": 2}
+        mean = np.asarray(config["image_mean"], np.float32)
+        std = np.asarray(config["image_std"], np.float32)
+        self.mean, self.std = mean, std
+
+    def ids(self, text: str) -> List[int]:
+        """OFA ids (BPE id + 4) of a text already through pre_caption where needed."""
+        return [i + 4 for i in self.bpe.encode(text)]
+
+    def pad_rows(self, rows: List[List[int]]) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [self.pad] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def image_tensor(self, images: List[np.ndarray]) -> torch.Tensor:
+        x = np.stack(images).astype(np.float32) / 255.0
+        x = (x - self.mean) / self.std
+        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+    def make(self, indices: List[int], rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+        samples = [self.source.sample(i) for i in indices]
+        ve_src, ve_scene, ve_label, ve_template = [], [], [], []
+        cap_src, cap_tgt = [], []
+        for j, s in enumerate(samples):
+            p = pre_caption(s.premise)
+            for hyp, label, template in s.hypotheses:
+                ve_src.append([self.bos] + self.ids(prompts.ve_prompt(p, pre_caption(hyp)))
+                              + [self.eos])
+                ve_scene.append(j)
+                ve_label.append(self.label_index[label])
+                ve_template.append(template)
+            cap = self.ids(" " + pre_caption(s.captions[int(rng.integers(len(s.captions)))]))
+            cap_tgt.append(cap[:15] + [self.eos])
+        ve_src_t = self.pad_rows(ve_src)
+        # spec 2.1, prompt_type prev_output: the decoder reads [BOS] + prompt (no EOS) and the
+        # answer is predicted at the last prompt position.
+        ve_prev = ve_src_t.clone()[:, :-1]
+        lengths = torch.tensor([len(r) for r in ve_src])
+        for r, n in enumerate(lengths.tolist()):
+            ve_prev[r, n - 1:] = self.pad
+        cap_prev = self.pad_rows([[self.bos] + t[:-1] for t in cap_tgt])
+        cap_tgt_t = self.pad_rows(cap_tgt)
+        return dict(
+            images=self.image_tensor([s.image for s in samples]),
+            ve_src=ve_src_t, ve_prev=ve_prev, ve_pos=lengths - 2,
+            ve_scene=torch.tensor(ve_scene), ve_label=torch.tensor(ve_label),
+            cap_src=torch.tensor([[self.bos] + self.caption_src + [self.eos]] * len(samples)),
+            cap_prev=cap_prev, cap_tgt=cap_tgt_t,
+            colour=torch.from_numpy(np.stack([cell_targets(s.cell_colour) for s in samples])),
+            cls=torch.from_numpy(np.stack([cell_targets(s.cell_class) for s in samples])),
+            kind=torch.from_numpy(np.stack([cell_targets(s.cell_kind) for s in samples])),
+            templates=ve_template)
+
+
+def init_weights(module: nn.Module, d_model: int, pad_id: int) -> None:
+    """BERT-style init as fairseq/OFA: linear weights N(0, 0.02) with zero bias; token and
+    position embeddings N(0, d^-1/2) (the tied output projection then starts with logits of
+    about unit scale); the pad embedding row zero. Convolutions and norms keep torch's init."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02 if m.weight.shape[1] != d_model else d_model ** -0.5)
+    with torch.no_grad():
+        module.model.encoder.embed_tokens.weight[pad_id].zero_()
+
+
+def run_encoder_layers(enc, x, bias, padding_mask) -> List[torch.Tensor]:
+    """[input, output of layer 1, ..., output of layer N] of one encoder stream (spec 1.2; no
+    exits in training)."""
+    states = [x]
+    for idx, layer in enumerate(enc.layers):
+        x = layer(x, bias(idx), padding_mask)
+        states.append(x)
+    return states
+
+
+class Trainer(nn.Module):
+    """The model plus training-only heads, and the MuE forward that collects every layer."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.model = R.OFAModel(config)
+        self.aux = AuxHeads(config["d_model"])
+        init_weights(self, config["d_model"], config["pad_id"])
+
+    def encode_image(self, images: torch.Tensor):
+        """The image stream once per scene: (per-layer states [B, P, D] list, image_pos [P, D])."""
+        enc = self.model.encoder
+        x, image_pos, _ = enc.embed_image(images)
+        image_abs = enc.abs_pos_bias(image_pos)
+        return run_encoder_layers(enc, x, lambda idx: image_abs, None), image_pos
+
+    def encode_rows(self, image_states, image_pos, scene_of_row, src_tokens):
+        """EncoderOutput for text rows whose image is image_states[-1][scene_of_row]."""
+        enc = self.model.encoder
+        text_x, text_pad, text_pos = enc.embed_text(src_tokens)
+        text_abs = enc.abs_pos_bias(text_pos)
+        length = src_tokens.shape[1]
+        text_states = run_encoder_layers(
+            enc, text_x, lambda idx: text_abs + enc.token_rel_bias(idx, length), text_pad)
+        image_final = image_states[-1][scene_of_row]
+        hidden = enc.layer_norm(torch.cat([image_final, text_states[-1]], dim=1))
+        padding = torch.cat([torch.zeros(image_final.shape[:2], dtype=torch.bool), text_pad], 1)
+        return R.EncoderOutput(hidden=hidden, padding_mask=padding,
+                               position_embedding=torch.cat([image_pos, text_pos]),
+                               num_image_tokens=image_final.shape[1], layers_used={},
+                               streams={})
+
+    def decoder_layers(self, prev, encoder_out) -> List[torch.Tensor]:
+        """Every decoder layer's output, each through decoder.layer_norm (spec 1.7): the full
+        sequence decoder of spec 3.6 with every layer kept (the reference's own loop serves
+        inference and its exits)."""
+        dec = self.model.decoder
+        t = prev.shape[1]
+        pt = dec.target_positions(t, prev.device)
+        self_abs = (dec.heads(dec.self_pos_q_linear(pt) * dec.pos_scaling)
+                    @ dec.heads(dec.self_pos_k_linear(pt)).transpose(1, 2)).unsqueeze(0)
+        cross_bias = (dec.heads(dec.cross_pos_q_linear(pt) * dec.pos_scaling)
+                      @ dec.heads(dec.cross_pos_k_linear(encoder_out.position_embedding))
+                      .transpose(1, 2)).unsqueeze(0)
+        padding = prev.eq(dec.pad_id)
+        x = dec.embed(prev)
+        outs = []
+        for idx, layer in enumerate(dec.layers):
+            x = layer(x, encoder_kv=layer.encoder_key_value(encoder_out.hidden),
+                      self_bias=self_abs + dec.token_rel_bias(idx, t, t), cross_bias=cross_bias,
+                      self_padding_mask=padding, encoder_padding_mask=encoder_out.padding_mask)
+            outs.append(dec.layer_norm(x))
+        return outs
+
+    def forward(self, b: Dict[str, torch.Tensor], answer_ids: List[int]):
+        dec = self.model.decoder
+        image_states, image_pos = self.encode_image(b["images"])
+        out = {}
+        # Visual entailment: scores of the three answers at the last prompt position per layer.
+        enc_ve = self.encode_rows(image_states, image_pos, b["ve_scene"], b["ve_src"])
+        rows = torch.arange(b["ve_prev"].shape[0])
+        answers = dec.embed_tokens.weight[answer_ids]  # [3, D]
+        ve_losses, ve_acc = [], []
+        for h in self.decoder_layers(b["ve_prev"], enc_ve):
+            logits = h[rows, b["ve_pos"]] @ answers.t()
+            ve_losses.append(F.cross_entropy(logits, b["ve_label"]))
+            ve_acc.append((logits.argmax(-1) == b["ve_label"]).float().mean())
+        out["ve"] = torch.stack(ve_losses).sum()
+        out["ve_acc_layers"] = torch.stack(ve_acc).detach()
+        # Captioning: teacher forcing from BOS, every layer.
+        scenes = torch.arange(b["images"].shape[0])
+        enc_cap = self.encode_rows(image_states, image_pos, scenes, b["cap_src"])
+        cap_losses = []
+        mask = b["cap_tgt"].ne(self.model.config["pad_id"])
+        for h in self.decoder_layers(b["cap_prev"], enc_cap):
+            logits = dec.logits(h)[mask]
+            cap_losses.append(F.cross_entropy(logits, b["cap_tgt"][mask], label_smoothing=0.1))
+        out["cap"] = torch.stack(cap_losses).sum()
+        out["cap_last"] = cap_losses[-1].detach()
+        # Auxiliary cell heads on every encoder layer's image output (after the final LN, as an
+        # exited stream is seen by the decoder).
+        aux_losses, aux_acc = [], {}
+        enc_ln = self.model.encoder.layer_norm
+        for layer, states in enumerate(image_states[1:]):
+            h = enc_ln(states)
+            for name, head in (("colour", self.aux.colour), ("cls", self.aux.cls),
+                               ("kind", self.aux.kind)):
+                logits = head(h)
+                aux_losses.append(F.cross_entropy(logits.flatten(0, 1), b[name].flatten()))
+                if layer == len(image_states) - 2:
+                    aux_acc[name] = (logits.argmax(-1) == b[name]).float().mean().detach()
+        out["aux"] = torch.stack(aux_losses).sum() / len(image_states[1:])
+        out["aux_acc"] = aux_acc
+        return out
+
+
+def lr_at(progress: float, peak: float, warmup: float = 0.04) -> float:
+    if progress < warmup:
+        return peak * progress / warmup
+    t = min(1.0, (progress - warmup) / (1 - warmup))
+    return peak * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def param_groups(trainer: Trainer, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in trainer.named_parameters():
+        (decay if p.dim() >= 2 and "embed_positions" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def run(rank: int, args) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed + rank)
+    if args.procs > 1:
+        dist.init_process_group("gloo", init_method=f"file://{args.rendezvous}",
+                                rank=rank, world_size=args.procs)
+    bpe = Bpe.load(args.out)
+    vocab = len(bpe.encoder) + 4
+    config = model_config(vocab, args.d_model)
+    torch.manual_seed(args.seed)  # identical initial weights in every process
+    trainer = Trainer(config)
+    trainer.train()
+    torch.manual_seed(args.seed + 1 + rank)
+    source = SceneSource("train", seed=args.seed * 100 + rank, hypotheses_per_scene=args.hyps)
+    batcher = Batcher(source, bpe, config)
+    rng = np.random.default_rng([args.seed, rank, 7])
+    opt = torch.optim.AdamW(param_groups(trainer, args.weight_decay), lr=args.lr,
+                            betas=(0.9, 0.98), eps=1e-6)
+    params = [p for p in trainer.parameters()]
+    log = open(args.log, "a") if rank == 0 else None
+
+    def say(msg: str) -> None:
+        if log is not None:
+            log.write(msg + "\n")
+            log.flush()
+            print(msg, flush=True)
+
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    say(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} start: {args.procs} procs x {args.threads} "
+        f"threads, batch {args.batch} scenes x {args.hyps} hyps per proc, d_model "
+        f"{args.d_model}, vocab {vocab}, {n_params} model params, budget {args.minutes} min")
+    start = time.time()
+    budget = args.minutes * 60.0
+    last_save = start
+    step = 0
+    scenes_seen = 0
+    ema: Dict[str, float] = {}
+    while True:
+        progress = (time.time() - start) / budget
+        flag = torch.tensor([progress], dtype=torch.float64)
+        if args.procs > 1:  # rank 0's clock decides for everyone
+            if rank != 0:
+                flag.zero_()
+            dist.all_reduce(flag)
+        progress = float(flag[0])
+        if progress >= 1.0:
+            break
+        lr = lr_at(progress, args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t0 = time.time()
+        b = batcher.make(list(range(step * args.batch, (step + 1) * args.batch)), rng)
+        t_data = time.time() - t0
+        out = trainer(b, batcher.answer_ids)
+        loss = out["ve"] + args.caption_weight * out["cap"] + args.aux_weight * out["aux"]
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if args.procs > 1:
+            for p in params:  # parameters no task uses (image-generation tables) get none
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat)
+            flat /= args.procs
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(flat[offset:offset + n].view_as(p))
+                offset += n
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        opt.step()
+        step += 1
+        scenes_seen += args.batch * args.procs
+        stats = {"loss": float(loss), "ve": float(out["ve"]) / 6, "cap": float(out["cap_last"]),
+                 "aux": float(out["aux"]), "ve_acc": float(out["ve_acc_layers"][-1]),
+                 "ve_acc1": float(out["ve_acc_layers"][0])}
+        stats.update({f"{k}_acc": float(v) for k, v in out["aux_acc"].items()})
+        for k, v in stats.items():
+            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+        if step % args.log_every == 0 or step == 1:
+            elapsed = time.time() - start
+            say(f"step {step} t {elapsed / 60:.1f}m scenes {scenes_seen} "
+                f"({scenes_seen / elapsed:.1f}/s, data {t_data:.2f}s/step) lr {lr:.2e} "
+                f"gnorm {grad_norm:.2f} " + " ".join(f"{k} {v:.3f}" for k, v in ema.items()))
+        if time.time() - last_save > args.save_minutes * 60:
+            last_save = time.time()
+            save(trainer, args, config, step, scenes_seen, ema, rank)
+    save(trainer, args, config, step, scenes_seen, ema, rank)
+    say(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} done: {step} steps, {scenes_seen} scenes, "
+        f"{(time.time() - start) / 60:.1f} min")
+    if args.procs > 1:
+        dist.destroy_process_group()
+
+
+def save(trainer: Trainer, args, config, step, scenes_seen, ema, rank) -> None:
+    """checkpoint.pt with BatchNorm running statistics averaged over the processes."""
+    if args.procs > 1:
+        for name, buf in trainer.named_buffers():
+            if buf.dtype.is_floating_point:
+                dist.all_reduce(buf)
+                buf /= args.procs
+    if rank != 0:
+        return
+    tmp = os.path.join(args.out, "checkpoint.pt.tmp")
+    torch.save({"model": trainer.model.state_dict(), "aux": trainer.aux.state_dict(),
+                "config": config, "step": step, "scenes": scenes_seen, "ema": ema,
+                "args": vars(args)}, tmp)
+    os.replace(tmp, os.path.join(args.out, "checkpoint.pt"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="working directory (tokenizer, checkpoint)")
+    ap.add_argument("--minutes", type=float, required=True, help="wall-time budget")
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=32, help="scenes per process and step")
+    ap.add_argument("--hyps", type=int, default=4, help="VE hypotheses per scene")
+    ap.add_argument("--d-model", type=int, default=192)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--caption-weight", type=float, default=1.0)
+    ap.add_argument("--aux-weight", type=float, default=1.0)
+    ap.add_argument("--log", help="log file (default OUT/train.log)")
+    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--save-minutes", type=float, default=10.0)
+    ap.add_argument("--bpe-scenes", type=int, default=20000)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    args.out = os.path.abspath(args.out)
+    args.log = os.path.abspath(args.log or os.path.join(args.out, "train.log"))
+    if not os.path.exists(os.path.join(args.out, "encoder.json")):
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "learn_bpe.py"),
+                        "--out", args.out, "--scenes", str(args.bpe_scenes),
+                        "--seed", str(args.seed)], check=True)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if args.procs == 1:
+        run(0, args)
+        return
+    args.rendezvous = os.path.join(args.out, f"rendezvous.{os.getpid()}")
+    if os.path.exists(args.rendezvous):
+        os.remove(args.rendezvous)
+    torch.multiprocessing.spawn(run, args=(args,), nprocs=args.procs, join=True)
+
+
+if __name__ == "__main__":
+    main()
