@@ -16,7 +16,7 @@ void linear(const float* x, const float* w, const float* bias, float* y, int64_t
 
 // linear() with the weights reordered once, at load, into oneDNN's blocked layout. linear()
 // repacks PyTorch-layout weights on every call; packing once makes the decoder's small-M calls
-// 2-2.6x faster (M=1..5) and M=64 ~15% faster, M=900 the same (bench/README.md, GEMM).
+// 2-2.6x faster (M=1..5), M=64 7-11% and M=900 4-5% faster (bench/README.md, GEMM).
 // The constructor copies weight [N,K] and bias [N] (may be null); the caller's buffers may go.
 // forward() may be called from several threads at once.
 class PackedLinear {
