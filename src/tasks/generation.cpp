@@ -16,6 +16,13 @@ struct Candidate {
   int64_t beam, token;
 };
 
+// Best first; ties keep the lower (beam, token), as a stable sort of fairseq's flat index.
+bool ranks_before(const Candidate& a, const Candidate& b) {
+  if (a.score != b.score) return a.score > b.score;
+  if (a.beam != b.beam) return a.beam < b.beam;
+  return a.token < b.token;
+}
+
 // fairseq's NGramRepeatBlock: ban tokens that would repeat an n-gram of `seq` (BOS included).
 void block_repeated_ngrams(const std::vector<int64_t>& seq, int n, std::vector<float>& lprobs) {
   int64_t len = static_cast<int64_t>(seq.size());
@@ -59,6 +66,7 @@ std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& 
   std::vector<std::vector<double>> scores(static_cast<size_t>(batch),
                                           std::vector<double>(static_cast<size_t>(beam), 0.0));
   std::vector<float> lprobs(static_cast<size_t>(vocab));
+  const size_t wanted = static_cast<size_t>(2 * beam);
 
   for (int step = 0; step <= opt.max_len && !active.empty(); ++step) {
     std::vector<int64_t> input;
@@ -85,7 +93,8 @@ std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& 
         const float* row = logits.data<float>() + (static_cast<int64_t>(g) * beam + b) * vocab;
         float mx = *std::max_element(row, row + vocab);
         double sum = 0;
-        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v] - mx));
+        // fp32 exponentials (as torch's log_softmax), accumulated in double.
+        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - mx);
         float lse = mx + static_cast<float>(std::log(sum));
         for (int64_t v = 0; v < vocab; ++v) lprobs[v] = row[v] - lse;
         lprobs[pad] = kNegInf;
@@ -98,17 +107,26 @@ std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& 
         std::vector<int64_t> seq{bos};
         seq.insert(seq.end(), tokens[s][b].begin(), tokens[s][b].end());
         block_repeated_ngrams(seq, opt.no_repeat_ngram_size, lprobs);
-        for (int64_t v = 0; v < vocab; ++v)
-          if (lprobs[v] != kNegInf) cands.push_back({scores[s][b] + lprobs[v], b, v});
+        // The overall top 2*beam lie among each beam's own top 2*beam: keep those in a
+        // bounded heap (its front is the worst kept) instead of sorting the whole vocabulary.
+        std::vector<Candidate> best;
+        for (int64_t v = 0; v < vocab; ++v) {
+          if (lprobs[v] == kNegInf) continue;
+          Candidate c{scores[s][b] + lprobs[v], b, v};
+          if (best.size() < wanted) {
+            best.push_back(c);
+            std::push_heap(best.begin(), best.end(), ranks_before);
+          } else if (ranks_before(c, best.front())) {
+            std::pop_heap(best.begin(), best.end(), ranks_before);
+            best.back() = c;
+            std::push_heap(best.begin(), best.end(), ranks_before);
+          }
+        }
+        cands.insert(cands.end(), best.begin(), best.end());
       }
       // Top 2*beam candidates, best first; ties keep the lower (beam, token).
-      size_t k = std::min<size_t>(2 * beam, cands.size());
-      std::partial_sort(cands.begin(), cands.begin() + k, cands.end(),
-                        [](const Candidate& a, const Candidate& b) {
-                          if (a.score != b.score) return a.score > b.score;
-                          if (a.beam != b.beam) return a.beam < b.beam;
-                          return a.token < b.token;
-                        });
+      size_t k = std::min(wanted, cands.size());
+      std::partial_sort(cands.begin(), cands.begin() + k, cands.end(), ranks_before);
       cands.resize(k);
       auto& finals = results[s].hypotheses;
       // EOS among the top `beam` candidates ends a hypothesis (fairseq finalize_hypos).
