@@ -14,21 +14,16 @@
 
 namespace mue::testing {
 
-inline std::filesystem::path shared_dir() {
-  if (const char* env = std::getenv("MUE_SHARED_DIR")) return env;
-  return std::filesystem::path(MUE_SOURCE_DIR) / ".." / "shared";
-}
-
 // Returns the model directory, or an empty path with `why` set when it cannot be made.
 inline std::filesystem::path random_engine_model(const std::string& name, const std::string& size,
                                                  const std::string& mode, int image_size,
                                                  std::string* why) {
-  std::filesystem::path bpe = shared_dir() / "ofa-bpe";
-  if (!std::filesystem::exists(bpe / "dict.txt")) {
-    *why = "OFA's BPE files are not at " + bpe.string();
+  std::filesystem::path bpe = shared_bpe_dir();
+  if (bpe.empty()) {
+    *why = "OFA's BPE files are not under " + shared_dir().string();
     return {};
   }
-  if (std::system("/usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1") != 0) {
+  if (!torch_available()) {
     *why = "/usr/bin/python3 has no torch/numpy to make a random model";
     return {};
   }

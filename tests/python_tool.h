@@ -11,12 +11,39 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace mue::testing {
 
 inline constexpr const char* kPython = "/usr/bin/python3";
 
 inline bool python_available() { return std::filesystem::exists(kPython); }
+
+// Whether Debian's python3 has torch and numpy (the reference, model makers, converter).
+inline bool torch_available() {
+  static const bool available =
+      python_available() &&
+      std::system((std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1").c_str()) ==
+          0;
+  return available;
+}
+
+// The project's shared reference data: ../shared beside the checkout, or $MUE_SHARED_DIR.
+inline std::filesystem::path shared_dir() {
+  if (const char* env = std::getenv("MUE_SHARED_DIR")) return env;
+  return std::filesystem::path(MUE_SOURCE_DIR) / ".." / "shared";
+}
+
+// OFA's real BPE files (encoder.json, vocab.bpe, dict.txt), or "" when they are not there.
+inline std::string shared_bpe_dir() {
+  std::vector<std::filesystem::path> candidates = {shared_dir() / "ofa-bpe"};
+  if (const char* env = std::getenv("MUE_SHARED_DIR")) candidates.push_back(env);
+  for (const auto& dir : candidates)
+    if (std::filesystem::exists(dir / "encoder.json") &&
+        std::filesystem::exists(dir / "vocab.bpe") && std::filesystem::exists(dir / "dict.txt"))
+      return dir.lexically_normal().string();
+  return "";
+}
 
 // Quotes `arg` for /bin/sh.
 inline std::string shell_quote(const std::string& arg) {

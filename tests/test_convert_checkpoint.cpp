@@ -21,28 +21,8 @@ namespace fs = std::filesystem;
 
 constexpr double kTolerance = 1e-4;  // relative to the values' scale, as the parity tests
 
-bool torch_available() {
-  static const bool available =
-      python_available() &&
-      std::system((std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1").c_str()) ==
-          0;
-  return available;
-}
-
 #define SKIP_WITHOUT_TORCH() \
   if (!torch_available()) GTEST_SKIP() << kPython << " has no torch/numpy; converter not tested"
-
-// OFA's real BPE files (../shared/ofa-bpe beside the checkout, or $MUE_SHARED_DIR), or "".
-std::string shared_bpe_dir() {
-  std::vector<fs::path> candidates = {fs::path(MUE_SOURCE_DIR) / ".." / "shared" / "ofa-bpe"};
-  if (const char* shared = std::getenv("MUE_SHARED_DIR"))
-    candidates.push_back(fs::path(shared) / "ofa-bpe");
-  for (const auto& dir : candidates)
-    if (fs::exists(dir / "dict.txt") && fs::exists(dir / "encoder.json") &&
-        fs::exists(dir / "vocab.bpe"))
-      return dir.string();
-  return "";
-}
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "parity_fixture.h"
+#include "python_tool.h"
 
 namespace mue::testing {
 namespace {
@@ -25,7 +26,7 @@ TEST(OfaModelParity, CommittedFixtures) {
 // Regenerates the fixtures with the live PyTorch reference and checks them too, so the
 // committed files cannot drift from the reference.
 TEST(OfaModelParity, LiveReference) {
-  if (std::system("/usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1") != 0)
+  if (!torch_available())
     GTEST_SKIP() << "/usr/bin/python3 has no torch/numpy; live reference not checked";
   std::filesystem::path out = std::filesystem::path(MUE_BINARY_DIR) / "live_fixtures";
   std::filesystem::remove_all(out);

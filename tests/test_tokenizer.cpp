@@ -24,29 +24,12 @@
 #include "io/tokenizer.h"
 #include "io/unicode.h"
 #include "mue/tensor.h"
+#include "python_tool.h"
 
 namespace mue {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool has_bpe_files(const fs::path& dir) {
-  return fs::exists(dir / "encoder.json") && fs::exists(dir / "vocab.bpe") &&
-         fs::exists(dir / "dict.txt");
-}
-
-// "" when the files are nowhere to be found.
-std::string find_shared_bpe_dir() {
-  std::vector<fs::path> candidates = {fs::path(MUE_SOURCE_DIR) / ".." / "shared" / "ofa-bpe"};
-  if (const char* shared = std::getenv("MUE_SHARED_DIR")) {
-    candidates.push_back(fs::path(shared) / "ofa-bpe");
-    candidates.push_back(fs::path(shared));
-  }
-  for (const fs::path& dir : candidates) {
-    if (has_bpe_files(dir)) return dir.lexically_normal().string();
-  }
-  return "";
-}
 
 std::string read_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -86,10 +69,10 @@ void expect_error(const std::function<void()>& body, std::initializer_list<std::
   }
 }
 
-class OfaTokenizer : public testing::Test {
+class OfaTokenizer : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = find_shared_bpe_dir();
+    dir_ = mue::testing::shared_bpe_dir();
     if (!dir_.empty()) tokenizer_ = new Tokenizer(Tokenizer::from_directory(dir_));
   }
   static void TearDownTestSuite() {
@@ -207,7 +190,7 @@ TEST_F(OfaTokenizer, MatchesGpt2PythonEncoder) {
       {"  \u00a0 \u3000x", {220, 5624, 220, 5099, 222, 87}},
   };
   for (const Case& c : cases) {
-    EXPECT_EQ(tok().encode_gpt2(c.text), c.ids) << testing::PrintToString(c.text);
+    EXPECT_EQ(tok().encode_gpt2(c.text), c.ids) << ::testing::PrintToString(c.text);
   }
 }
 
@@ -239,7 +222,7 @@ TEST(Gpt2Pretokenize, SplitsLikeTheRegexModule) {
   for (const Case& c : cases) {
     const std::vector<std::string_view> pieces = gpt2_pretokenize(c.text);
     EXPECT_EQ(std::vector<std::string>(pieces.begin(), pieces.end()), c.pieces)
-        << testing::PrintToString(c.text);
+        << ::testing::PrintToString(c.text);
   }
 }
 
@@ -284,7 +267,7 @@ TEST_F(OfaTokenizer, IllFormedUtf8IsEncodedByteForByte) {
   };
   for (const std::string& input : inputs) {
     std::vector<int32_t> ids;
-    ASSERT_NO_THROW(ids = tok().encode_gpt2(input)) << testing::PrintToString(input);
+    ASSERT_NO_THROW(ids = tok().encode_gpt2(input)) << ::testing::PrintToString(input);
     std::string bytes;
     for (int32_t id : ids) bytes += tok().gpt2_token_bytes(id);
     EXPECT_EQ(bytes, input);
@@ -380,7 +363,7 @@ TEST_F(OfaTokenizer, MatchesGpt3EncoderOnGeneratedSentences) {
     total_ids += ids.size();
     if (ids != expected || has_null) {
       if (++mismatches <= 10) {
-        ADD_FAILURE() << "text " << testing::PrintToString(text)
+        ADD_FAILURE() << "text " << ::testing::PrintToString(text)
                       << "\n  mue:           " << ids_str(ids)
                       << "\n  gpt-3-encoder: " << ids_str(expected);
       }
@@ -388,7 +371,7 @@ TEST_F(OfaTokenizer, MatchesGpt3EncoderOnGeneratedSentences) {
     // GPT-2 BPE is lossless on valid UTF-8, through the OFA ids as well.
     if (tok().decode(tok().encode(text)) != text) {
       if (++round_trip_failures <= 10) {
-        ADD_FAILURE() << "round trip changed " << testing::PrintToString(text);
+        ADD_FAILURE() << "round trip changed " << ::testing::PrintToString(text);
       }
     }
   }
@@ -416,11 +399,11 @@ std::string spell(std::string_view bytes) {
   return out;
 }
 
-class SmallVocabulary : public testing::Test {
+class SmallVocabulary : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::path(MUE_BINARY_DIR) / "tokenizer_test_files" /
-           testing::UnitTest::GetInstance()->current_test_info()->name();
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     // 256 byte tokens (id = byte) and five merges; "ell" exists but loses to "he" + "ll".
