@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Measures the embedded default model with the C++ engine (the results in bench/README.md and
+# models/mue-scenes-small/README.md): held-out dumps, full depth, every fixed exit depth,
+# threshold sweeps per stack, calibrated policies (VE 99%, captioning 96% retention), and
+# whether exits follow scene difficulty.
+#
+#   bash tools/bench_default_model.sh [OUT_DIR]     (default build/default-model-bench)
+#
+# Environment: MUE_MODEL (default models/mue-scenes-small), MUE_THREADS (default 2),
+# MUE_BUILD_DIR (default build), MUE_LIMIT (only the first N samples of every dump: a quick
+# check of the pipeline). Takes about 20 minutes on the 2-core machine.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+build="${MUE_BUILD_DIR:-$root/build}"
+model="${MUE_MODEL:-$root/models/mue-scenes-small}"
+threads="${MUE_THREADS:-2}"
+out="${1:-$build/default-model-bench}"
+py=/usr/bin/python3
+mkdir -p "$out"
+[ -x "$build/mue-bench" ] && [ -x "$build/mue-calibrate" ] ||
+  bash "$root/tools/build.sh" --target app_mue_bench app_mue_calibrate >/dev/null
+
+# Held-out dumps (test-split scenes; the dev dumps use another seed than the test dumps).
+d="$out/dumps"
+[ -f "$d/ve-test/manifest.jsonl" ] || $py "$root/tools/scenes/write_dumps.py" \
+  --ve "$d/ve-test" --ve-pairs 2000 --caption "$d/cap-test" --caption-images 500 --seed 0
+[ -f "$d/ve-dev/manifest.jsonl" ] || $py "$root/tools/scenes/write_dumps.py" \
+  --ve "$d/ve-dev" --ve-pairs 1000 --caption "$d/cap-dev" --caption-images 200 --seed 1
+
+limit=()
+[ -n "${MUE_LIMIT:-}" ] && limit=(--limit "$MUE_LIMIT")
+bench() { "$build/mue-bench" --model "$model" --threads "$threads" --no-progress "${limit[@]}" "$@"; }
+calibrate() {
+  "$build/mue-calibrate" --model "$model" --threads "$threads" --no-progress "${limit[@]}" \
+    ${MUE_LIMIT:+--test-limit "$MUE_LIMIT"} "$@"
+}
+
+# 1. Full depth and every fixed exit depth, one stack at a time.
+bench --dump "$d/ve-test" --fixed-depths --json "$out/ve-fixed.json" | tee "$out/ve-fixed.txt"
+bench --dump "$d/cap-test" --fixed-depths --json "$out/cap-fixed.json" | tee "$out/cap-fixed.txt"
+
+# 2. Threshold sweeps, one stack at a time (the others at full depth), with per-sample exits.
+ve_settings=()
+for x in ${MUE_IMAGE_GRID:-0.97 0.98 0.985 0.99 0.995}; do ve_settings+=(--setting "image$x=image:$x"); done
+for x in ${MUE_TEXT_GRID:-0.98 0.985 0.99}; do ve_settings+=(--setting "text$x=text:$x"); done
+for x in ${MUE_DECODER_GRID:-0.9 0.95 0.97 0.98 0.99}; do ve_settings+=(--setting "decoder$x=decoder:$x"); done
+bench --dump "$d/ve-test" "${ve_settings[@]}" --per-sample --json "$out/ve-sweep.json" \
+  --svg "$out/ve-sweep.svg" | tee "$out/ve-sweep.txt"
+cap_settings=()
+for x in ${MUE_TEXT_GRID:-0.98 0.985 0.99}; do cap_settings+=(--setting "text$x=text:$x"); done
+for x in ${MUE_DECODER_GRID:-0.9 0.95 0.97 0.98 0.99}; do cap_settings+=(--setting "decoder$x=decoder:$x"); done
+bench --dump "$d/cap-test" "${cap_settings[@]}" --per-sample --json "$out/cap-sweep.json" \
+  --svg "$out/cap-sweep.svg" | tee "$out/cap-sweep.txt"
+
+# 3. Calibrated policies: thresholds chosen on the dev dumps, reported on the test dumps.
+grid="${MUE_CALIBRATION_GRID:-0.9,0.95,0.97,0.98,0.985,0.99,0.995,1}"
+calibrate --grid "$grid" --dev-dump "$d/ve-dev" --test-dump "$d/ve-test" --target 0.99 \
+  --out "$out/ve-policy-99.json" --json "$out/ve-calibrate-99.json" | tee "$out/ve-calibrate-99.txt"
+calibrate --grid "$grid" --dev-dump "$d/cap-dev" --test-dump "$d/cap-test" --target 0.96 \
+  --out "$out/cap-policy-96.json" --json "$out/cap-calibrate-96.json" | tee "$out/cap-calibrate-96.txt"
+
+# 4. The calibrated policies once more on the test dumps with per-sample exits: do exits follow
+#    difficulty (object count, hypothesis template, occluders, clutter)?
+bench --dump "$d/ve-test" --setting "calibrated=$out/ve-policy-99.json" --per-sample \
+  --json "$out/ve-calibrated.json" >/dev/null
+bench --dump "$d/cap-test" --setting "calibrated=$out/cap-policy-96.json" --per-sample \
+  --json "$out/cap-calibrated.json" >/dev/null
+$py "$root/tools/exit_analysis.py" "$out/ve-calibrated.json" | tee "$out/ve-exits.md"
+$py "$root/tools/exit_analysis.py" "$out/cap-calibrated.json" --by num_objects,num_occluders,clutter |
+  tee "$out/cap-exits.md"
+
+# 5. The similarity curves behind the thresholds (PyTorch reference).
+$py "$root/tools/similarity_curves.py" --model "$model" --ve-dump "$d/ve-test" \
+  --caption-dump "$d/cap-test" --limit "${MUE_LIMIT:-400}" --json "$out/similarity.json" \
+  --png "$out/similarity.png" | tee "$out/similarity.txt"
+echo "results in $out"
