@@ -5,7 +5,8 @@
       [--ve-dump DIR --caption-dump DIR] [--limit N]
 
 Writes OUT/config.json (models/FORMAT.md plus the tokenizer and task fields), OUT/model.safetensors
-(float16; the training-only auxiliary heads are dropped), OUT/encoder.json, vocab.bpe, dict.txt.
+(float16; the training-only auxiliary heads are dropped; position tables cut to
+--max-positions), OUT/encoder.json, vocab.bpe, dict.txt.
 With dumps (tools/scenes/write_dumps.py) it reloads the written directory (so the float16 weights
 are what is measured) and writes OUT/reference_eval.json: PyTorch-reference VE accuracy at every
 fixed decoder depth and at every image / text encoder depth, greedy-caption BLEU-4 / CIDEr-D at
@@ -40,11 +41,19 @@ TOKENIZER_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 LABELS = ("contradiction", "entailment", "neutral")  # answer index order of the trainer
 
 
-def export(work: str, out: str) -> dict:
+def export(work: str, out: str, max_positions: int) -> dict:
     ckpt = torch.load(os.path.join(work, "checkpoint.pt"), map_location="cpu")
     config = dict(ckpt["config"])
+    state = dict(ckpt["model"])
+    # Position tables beyond the longest prompt and caption were never trained: keep the first
+    # max_positions (+2, fairseq's offset) rows and say so in the config, so the file stays small.
+    for side, key in (("encoder", "max_source_positions"), ("decoder", "max_target_positions")):
+        if max_positions < config[key]:
+            config[key] = max_positions
+            name = f"{side}.embed_positions.weight"
+            state[name] = state[name][:max_positions + 2].clone()
     model = R.OFAModel(config)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(state)
     model.eval()
     config["tokenizer"] = {"encoder_json": "encoder.json", "vocab_bpe": "vocab.bpe",
                            "dict": "dict.txt", "ofa_extra_tokens": False}
@@ -249,10 +258,12 @@ def main() -> None:
     ap.add_argument("--ve-dump")
     ap.add_argument("--caption-dump")
     ap.add_argument("--limit", type=int, default=1 << 30)
+    ap.add_argument("--max-positions", type=int, default=256,
+                    help="keep this many source and target positions (default 256)")
     ap.add_argument("--baseline-scenes", type=int, default=20000)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    info = export(args.work, args.out)
+    info = export(args.work, args.out, args.max_positions)
     if args.ve_dump and args.caption_dump:
         t = time.time()
         ev = Evaluator(args.out)
