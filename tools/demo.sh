@@ -19,8 +19,12 @@ if [ ! -f "$model/model.safetensors" ]; then
   fi
 fi
 example="$model/example.png"
-[ -f "$example" ] || example="$root/models/example.png"
+# The shipped example scene (a test-split scene: a blue shirt top left, a purple handbag).
+premise="${MUE_DEMO_PREMISE:-a blue shirt is in the top left}"
+hypothesis="${MUE_DEMO_HYPOTHESIS:-there is a purple bag}"
 if [ ! -f "$example" ]; then
+  premise="${MUE_DEMO_PREMISE:-}"
+  hypothesis="${MUE_DEMO_HYPOTHESIS:-there is a red item}"
   example="$build/demo-example.png"
   /usr/bin/python3 -c "from PIL import Image, ImageDraw
 im = Image.new('RGB', (128, 128), (235, 235, 235)); d = ImageDraw.Draw(im)
@@ -33,5 +37,4 @@ echo "image:   $example"
 echo
 "$build/mue" caption "$example" --model "$model" --compare
 echo
-hypothesis="${MUE_DEMO_HYPOTHESIS:-there is a red item}"
-"$build/mue" entail "$example" --model "$model" --hypothesis "$hypothesis" --compare
+"$build/mue" entail "$example" --model "$model" --premise "$premise" --hypothesis "$hypothesis" --compare

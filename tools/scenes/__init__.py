@@ -4,10 +4,12 @@
     source = SceneSource("train", seed=1)
     sample = source.sample(index)        # image, premise, hypotheses, captions, cell targets
 
-Scene `index` of a source is rendered from numpy's SeedSequence([split tag, seed, index]), so the
-same (split, seed, index) always gives the same sample, and train and test seeds never meet:
-the split tag is part of every seed, and the splits draw their items from different
-Fashion-MNIST files (train, t10k).
+Scene `index` of a source is drawn and rendered from numpy's SeedSequence([split tag, seed,
+index]); train and test seeds never meet (the split tag is part of every seed) and the splits
+draw their items from different Fashion-MNIST files (train, t10k). The hypotheses' (label,
+template) pairs also depend on the pairs earlier scenes of the same source could not give (see
+HypothesisSampler), so a source reproduces its samples when read in the same order, as training
+and write_dumps.py do (indices 0, 1, 2, ...).
 """
 
 from __future__ import annotations
