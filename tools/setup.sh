@@ -7,6 +7,7 @@ packages=(
   libeigen3-dev libdnnl-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
   libjpeg-dev libpng-dev
   python3 python3-numpy python3-torch python3-pil python3-matplotlib libopenblas0-pthread
+  dataset-fashion-mnist  # the default model's scenes (training, held-out dumps)
 )
 # node and npm are used only by the tokenizer cross-check; a machine may already have them
 # from another source (nodesource ships npm inside nodejs), so look for the commands.
