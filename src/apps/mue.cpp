@@ -25,7 +25,8 @@ const char* kUsage = R"(usage:
 options:
   --model DIR               model directory (default: $MUE_MODEL, else the embedded model)
   --policy FILE             exit policy JSON (as written by mue-calibrate); default: the
-                            model's exit_policy.json if it ships one, else full depth
+                            model's exit_policy.caption.json / exit_policy.entail.json for
+                            the command, else its exit_policy.json, else full depth
   --image-threshold X       exit the image stream when cos(out, in) > X   (0 < X <= 1)
   --text-threshold X        exit the text stream when cos(out, in) > X
   --decoder-threshold X     exit the decoder when cos(out, in) > X
@@ -118,14 +119,23 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
+// The policy file the command uses: --policy, else the model's calibrated policy for this task
+// (tasks calibrate apart: entailment's single decoder pass and captioning's per-step exits want
+// different thresholds), else its general one; empty for full depth.
+std::string policy_file(const Args& a) {
+  if (!a.policy_file.empty()) return a.policy_file;
+  for (const std::string& name :
+       {"exit_policy." + a.command + ".json", std::string("exit_policy.json")}) {
+    std::filesystem::path shipped = std::filesystem::path(a.model) / name;
+    if (std::filesystem::exists(shipped)) return shipped.string();
+  }
+  return {};
+}
+
 mue::ExitPolicy make_policy(const Args& a) {
   mue::ExitPolicy p;
-  // A model may ship its calibrated policy; explicit flags and --policy take precedence.
-  std::string shipped = a.model + "/exit_policy.json";
-  if (!a.policy_file.empty())
-    p = mue::ExitPolicy::load(a.policy_file);
-  else if (std::filesystem::exists(shipped))
-    p = mue::ExitPolicy::load(shipped);
+  // Explicit flags take precedence over the file.
+  if (std::string file = policy_file(a); !file.empty()) p = mue::ExitPolicy::load(file);
   nlohmann::json j = p.to_json();
   auto opt = [&](const char* flag) -> const std::string* {
     auto it = a.options.find(flag);
@@ -269,6 +279,16 @@ int main(int argc, char** argv) {
                   << "): " << 100.0 * (1.0 - exit_s / full_s) << "% wall-clock saved\n";
     } else {
       out = run();
+    }
+    const std::string file = policy_file(a);
+    out["policy_file"] = file.empty() ? nlohmann::json(nullptr) : nlohmann::json(file);
+    out["policy"] = engine->exit_policy().to_json();
+    if (!a.json) {
+      const mue::ExitPolicy& p = engine->exit_policy();
+      std::cout << "policy:   " << (file.empty() ? std::string("defaults") : file)
+                << std::setprecision(4) << std::defaultfloat << " -> thresholds image "
+                << p.exit_threshold_image << ", text " << p.exit_threshold_text << ", decoder "
+                << p.exit_threshold_decoder << "\n";
     }
     if (a.json) std::cout << out.dump(2) << "\n";
   } catch (const mue::Error& e) {
