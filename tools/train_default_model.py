@@ -2,14 +2,15 @@
 """Trains the embedded default model (models/mue-scenes-small) on procedural scenes, MuE style.
 
   train_default_model.py --out DIR --minutes 70 [--image-minutes 7] [--procs 2] [--seed 0]
-      [--log DIR/train.log]
+      [--log DIR/train.log] [--init-from CHECKPOINT]
 
 One command from nothing: it learns the BPE vocabulary into DIR (tools/learn_bpe.py) unless
 DIR/encoder.json exists, then trains in two stages of fixed wall time and leaves
 DIR/checkpoint.pt (written every --save-minutes and at the end). Stage 1 (--image-minutes)
 trains only the ResNet, with the cell heads on its output; stage 2 (--minutes) trains
 everything on both tasks. tools/export_default_model.py turns the checkpoint into the model
-directory.
+directory. --init-from continues a stopped run from its checkpoint (weights, step and scene
+counts; a fresh optimizer and LR schedule).
 
 Recipe (spec 1.7 and the probe's notes):
 - the shipped model is ofa_reference.OFAModel with the decomposed (MuE) encoder; exits are off
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -344,6 +346,14 @@ def run(rank: int, args) -> None:
     config = model_config(vocab, args.d_model, args.resnet_width, args.resnet_layers)
     torch.manual_seed(args.seed)  # identical initial weights in every process
     trainer = Trainer(config)
+    resumed = None
+    if args.init_from:
+        resumed = torch.load(args.init_from, map_location="cpu")
+        if resumed["config"] != config:
+            raise SystemExit(f"--init-from {args.init_from}: its config differs from this run's "
+                             f"(d_model, ResNet, vocabulary): {resumed['config']}")
+        trainer.model.load_state_dict(resumed["model"])
+        trainer.aux.load_state_dict(resumed["aux"])
     trainer.train()
     torch.manual_seed(args.seed + 1 + rank)
     log = open(args.log, "a") if rank == 0 else None
@@ -362,6 +372,10 @@ def run(rank: int, args) -> None:
         f"proc; stage 2 (all tasks) {args.minutes} min at batch {args.batch} scenes x "
         f"{args.hyps} hyps per proc")
     state = {"step": 0, "scenes": 0, "ema": {}}
+    if resumed is not None:
+        state["step"], state["scenes"] = resumed["step"], resumed["scenes"]
+        say(f"# continuing from {args.init_from}: {resumed['step']} steps, {resumed['scenes']} "
+            f"scenes so far (fresh AdamW state)")
 
     def stage(name: str, minutes: float, batch: int, lr_peak: float, source: SceneSource,
               losses) -> None:
@@ -494,9 +508,24 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-minutes", type=float, default=10.0)
     ap.add_argument("--bpe-scenes", type=int, default=20000)
+    ap.add_argument("--init-from", metavar="CHECKPOINT",
+                    help="continue from this checkpoint.pt (its weights, step and scene counts; "
+                         "its tokenizer files are copied into --out); use another --seed so the "
+                         "scenes differ from the first run's")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     args.out = os.path.abspath(args.out)
+    if args.init_from:
+        if not os.path.isfile(args.init_from):
+            raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file")
+        args.init_from = os.path.abspath(args.init_from)
+        for name in ("encoder.json", "vocab.bpe", "dict.txt"):
+            src = os.path.join(os.path.dirname(args.init_from), name)
+            dst = os.path.join(args.out, name)
+            if not os.path.exists(dst):
+                if not os.path.exists(src):
+                    raise SystemExit(f"--init-from: {src} missing (the checkpoint's tokenizer)")
+                shutil.copyfile(src, dst)
     args.log = os.path.abspath(args.log or os.path.join(args.out, "train.log"))
     if not os.path.exists(os.path.join(args.out, "encoder.json")):
         subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "learn_bpe.py"),
