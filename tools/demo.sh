@@ -19,9 +19,10 @@ if [ ! -f "$model/model.safetensors" ]; then
   fi
 fi
 example="$model/example.png"
-# The shipped example scene (a test-split scene: a blue shirt top left, a purple handbag).
-premise="${MUE_DEMO_PREMISE:-a blue shirt is in the top left}"
-hypothesis="${MUE_DEMO_HYPOTHESIS:-there is a purple bag}"
+# The shipped example scene: a held-out test scene of six items (two hidden under grey blocks),
+# among them a red trouser top left, a green ankle boot and a blue shirt top right.
+premise="${MUE_DEMO_PREMISE:-a blue shirt is in the top right}"
+hypothesis="${MUE_DEMO_HYPOTHESIS:-the boot is green}"
 if [ ! -f "$example" ]; then
   premise="${MUE_DEMO_PREMISE:-}"
   hypothesis="${MUE_DEMO_HYPOTHESIS:-there is a red item}"
