@@ -132,10 +132,10 @@ std::string policy_file(const Args& a) {
   return {};
 }
 
-mue::ExitPolicy make_policy(const Args& a) {
+// The policy from `file` (empty: defaults), with explicit flags taking precedence.
+mue::ExitPolicy make_policy(const Args& a, const std::string& file) {
   mue::ExitPolicy p;
-  // Explicit flags take precedence over the file.
-  if (std::string file = policy_file(a); !file.empty()) p = mue::ExitPolicy::load(file);
+  if (!file.empty()) p = mue::ExitPolicy::load(file);
   nlohmann::json j = p.to_json();
   auto opt = [&](const char* flag) -> const std::string* {
     auto it = a.options.find(flag);
@@ -194,7 +194,8 @@ int main(int argc, char** argv) {
     mue::EngineOptions options;
     if (a.options.count("--threads"))
       options.threads = static_cast<int>(parse_number("--threads", a.options["--threads"]));
-    options.exit_policy = make_policy(a);
+    const std::string file = policy_file(a);
+    options.exit_policy = make_policy(a, file);
     if (!std::filesystem::exists(a.model))
       fail("model directory " + a.model + " does not exist (set --model or MUE_MODEL)");
     auto engine = mue::Engine::load(a.model, options);
@@ -280,7 +281,6 @@ int main(int argc, char** argv) {
     } else {
       out = run();
     }
-    const std::string file = policy_file(a);
     out["policy_file"] = file.empty() ? nlohmann::json(nullptr) : nlohmann::json(file);
     out["policy"] = engine->exit_policy().to_json();
     if (!a.json) {
