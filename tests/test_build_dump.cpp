@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/dump.h"
+#include "io/image.h"
 #include "python_tool.h"
 
 namespace mue {
@@ -248,6 +249,55 @@ TEST_F(BuildDumpTest, RefusesANonEmptyOutputAndBrokenInput) {
                scratch_.string(), "--out", fresh.string()});
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_NE(run.output.find("not valid JSON"), std::string::npos) << run.output;
+  EXPECT_FALSE(fs::exists(fresh));
+}
+
+// tools/blank_dump.py (the text-only baseline's input): every line's image becomes one uniform grey
+// PNG the size of the source's images; the text and labels stay as they were.
+TEST_F(BuildDumpTest, BlankDumpKeepsTheTextAndGreysEveryImage) {
+  if (std::system((std::string(testing::kPython) + " -c 'import PIL' 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "python3-pil not installed";
+  const fs::path src = scratch_ / "src";
+  fs::create_directories(src / "images");
+  fs::copy_file(fs::path(MUE_SOURCE_DIR) / "models/mue-scenes-small/example.png",
+                src / "images/a.png");
+  fs::copy_file(src / "images/a.png", src / "images/b.png");
+  write("src/manifest.jsonl",
+        R"({"id": "x0", "image": "images/a.png", "premise": "a red bag is left", )"
+        R"("hypothesis": "the shirt is blue", "label": "neutral", "template": "colour"})"
+        "\n"
+        R"({"id": "x1", "image": "images/b.png", "hypothesis": "there are two items", )"
+        R"("label": "contradiction"})"
+        "\n");
+  testing::ToolRun run = testing::run_python_tool(
+      "blank_dump.py",
+      testing::shell_quote(src.string()) + " " + testing::shell_quote(out_.string()), scratch_);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+
+  const Dump<VeSample> before = read_ve_dump(src), after = read_ve_dump(out_);
+  ASSERT_EQ(after.samples.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(after.samples[i].id, before.samples[i].id);
+    EXPECT_EQ(after.samples[i].premise, before.samples[i].premise);
+    EXPECT_EQ(after.samples[i].hypothesis, before.samples[i].hypothesis);
+    EXPECT_EQ(after.samples[i].label, before.samples[i].label);
+    EXPECT_EQ(after.samples[i].image, out_ / "blank.png");
+  }
+  const RgbImage original = decode_image_file((src / "images/a.png").string());
+  const RgbImage blank = decode_image_file((out_ / "blank.png").string());
+  EXPECT_EQ(blank.width, original.width);
+  EXPECT_EQ(blank.height, original.height);
+  for (uint8_t v : blank.pixels) ASSERT_EQ(v, 128);
+
+  // A malformed line is named by its number; nothing is written for a broken source.
+  write("bad/manifest.jsonl", "{\"id\": \"x0\", \"image\": \"a.png\"}\n{oops\n");
+  const fs::path fresh = scratch_ / "fresh";
+  run = testing::run_python_tool("blank_dump.py",
+                                 testing::shell_quote((scratch_ / "bad").string()) + " " +
+                                     testing::shell_quote(fresh.string()),
+                                 scratch_);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_NE(run.output.find("manifest.jsonl:2: not JSON"), std::string::npos) << run.output;
   EXPECT_FALSE(fs::exists(fresh));
 }
 

@@ -8,7 +8,9 @@
 #
 # Environment: MUE_MODEL (default models/mue-scenes-small), MUE_THREADS (default 2),
 # MUE_BUILD_DIR (default build), MUE_LIMIT (only the first N samples of every dump: a quick
-# check of the pipeline). Takes about 30 minutes on the 2-core machine.
+# check of the pipeline), MUE_TEXT_ONLY_MODEL (a model exported from
+# `train_default_model.py --blank-images`: the text-only baseline, measured on the test pairs with
+# every image grey). Takes about 30 minutes on the 2-core machine.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${MUE_BUILD_DIR:-$root/build}"
@@ -83,4 +85,12 @@ $py "$root/tools/exit_analysis.py" "$out/cap-calibrated.json" --by num_objects,n
 $py "$root/tools/similarity_curves.py" --model "$model" --ve-dump "$d/ve-test" \
   --caption-dump "$d/cap-test" --limit "${MUE_LIMIT:-400}" --json "$out/similarity.json" \
   --png "$out/similarity.png" | tee "$out/similarity.txt"
+
+# 6. The text-only baseline: the same architecture and recipe trained on blank images, on the test
+#    pairs with blank images (premise and hypothesis are all it has).
+if [ -n "${MUE_TEXT_ONLY_MODEL:-}" ]; then
+  [ -f "$d/ve-test-blank/manifest.jsonl" ] || $py "$root/tools/blank_dump.py" "$d/ve-test" "$d/ve-test-blank"
+  "$build/mue-bench" --model "$MUE_TEXT_ONLY_MODEL" --threads "$threads" --no-progress "${limit[@]}" \
+    --dump "$d/ve-test-blank" --json "$out/ve-text-only.json" | tee "$out/ve-text-only.txt"
+fi
 echo "results in $out"

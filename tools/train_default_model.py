@@ -2,7 +2,7 @@
 """Trains the embedded default model (models/mue-scenes-small) on procedural scenes, MuE style.
 
   train_default_model.py --out DIR --minutes 70 [--image-minutes 7] [--procs 2] [--seed 0]
-      [--log DIR/train.log] [--init-from CHECKPOINT]
+      [--log DIR/train.log] [--init-from CHECKPOINT] [--blank-images]
 
 One command from nothing: it learns the BPE vocabulary into DIR (tools/learn_bpe.py) unless
 DIR/encoder.json exists, then trains in two stages of fixed wall time and leaves
@@ -11,6 +11,11 @@ trains only the ResNet, with the cell heads on its output; stage 2 (--minutes) t
 everything on both tasks. tools/export_default_model.py turns the checkpoint into the model
 directory. --init-from continues a stopped run from its checkpoint (weights, step and scene
 counts; a fresh optimizer and LR schedule).
+
+--blank-images trains the text-only baseline of the model card: the same model, recipe and
+scenes, but every image is uniform grey (the text stream and decoder see premise and hypothesis
+only), so its entailment accuracy is what the text alone gives this architecture. It has no
+stage 1 and no cell heads (a blank image has no cells to learn).
 
 Recipe (spec 1.7 and the probe's notes):
 - the shipped model is ofa_reference.OFAModel with the decomposed (MuE) encoder; exits are off
@@ -54,6 +59,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ofa_reference as R  # noqa: E402
+from blank_dump import BLANK_GREY  # noqa: E402
 from learn_bpe import Bpe  # noqa: E402
 from scenes import SceneSource, pre_caption  # noqa: E402
 from scenes import prompts  # noqa: E402
@@ -96,8 +102,9 @@ def cell_targets(grid: np.ndarray) -> np.ndarray:
 class Batcher:
     """Tensors of one step from the scene source."""
 
-    def __init__(self, source: SceneSource, bpe: Bpe, config: dict):
+    def __init__(self, source: SceneSource, bpe: Bpe, config: dict, blank_images: bool = False):
         self.source, self.bpe, self.config = source, bpe, config
+        self.blank_images = blank_images
         self.bos, self.pad, self.eos = config["bos_id"], config["pad_id"], config["eos_id"]
         self.caption_src = self.ids(prompts.CAPTION_PROMPT)
         self.answer_ids = [self.ids(prompts.ANSWERS[k])[0] for k in ("contradiction",
@@ -120,6 +127,8 @@ class Batcher:
 
     def image_tensor(self, images: List[np.ndarray]) -> torch.Tensor:
         x = np.stack(images).astype(np.float32) / 255.0
+        if self.blank_images:
+            x[...] = BLANK_GREY / 255.0
         x = (x - self.mean) / self.std
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
@@ -370,7 +379,8 @@ def run(rank: int, args) -> None:
         f"{args.resnet_layers}, vocab {vocab}, {n_params} model params; stage 1 (ResNet "
         f"and its cell heads only) {args.image_minutes} min at batch {args.image_batch} scenes per "
         f"proc; stage 2 (all tasks) {args.minutes} min at batch {args.batch} scenes x "
-        f"{args.hyps} hyps per proc")
+        f"{args.hyps} hyps per proc" + ("; blank images (text-only baseline)"
+                                          if args.blank_images else ""))
     state = {"step": 0, "scenes": 0, "ema": {}}
     if resumed is not None:
         state["step"], state["scenes"] = resumed["step"], resumed["scenes"]
@@ -381,7 +391,7 @@ def run(rank: int, args) -> None:
               losses) -> None:
         """One stage: AdamW over the parameters the stage's loss reaches, LR warm-up then cosine
         over `minutes` of wall time (rank 0's clock decides for every process)."""
-        batcher = Batcher(source, bpe, config)
+        batcher = Batcher(source, bpe, config, args.blank_images)
         rng = np.random.default_rng([args.seed, rank, 7, len(name)])
         probe = batcher.make(list(range(2)), rng)
         trainer.zero_grad(set_to_none=True)
@@ -512,7 +522,11 @@ def main() -> None:
                     help="continue from this checkpoint.pt (its weights, step and scene counts; "
                          "its tokenizer files are copied into --out); use another --seed so the "
                          "scenes differ from the first run's")
+    ap.add_argument("--blank-images", action="store_true",
+                    help="text-only baseline: every image uniform grey; no stage 1, no cell heads")
     args = ap.parse_args()
+    if args.blank_images:
+        args.image_minutes, args.aux_weight = 0.0, 0.0
     os.makedirs(args.out, exist_ok=True)
     args.out = os.path.abspath(args.out)
     if args.init_from:
