@@ -2,7 +2,7 @@
 """Trains the embedded default model (models/mue-scenes-small) on procedural scenes, MuE style.
 
   train_default_model.py --out DIR --minutes 70 [--image-minutes 7] [--procs 2] [--seed 0]
-      [--log DIR/train.log] [--init-from CHECKPOINT] [--blank-images]
+      [--log DIR/train.log] [--init-from CHECKPOINT] [--blank-images] [--position-heads]
 
 One command from nothing: it learns the BPE vocabulary into DIR (tools/learn_bpe.py) unless
 DIR/encoder.json exists, then trains in two stages of fixed wall time and leaves
@@ -16,6 +16,11 @@ counts; a fresh optimizer and LR schedule).
 scenes, but every image is uniform grey (the text stream and decoder see premise and hypothesis
 only), so its entailment accuracy is what the text alone gives this architecture. It has no
 stage 1 and no cell heads (a blank image has no cells to learn).
+
+--position-heads adds training-only heads (dropped at export like the cell heads) with which every
+image token predicts its own row and column from each image-stream layer: OFA adds no position to
+a token's content and MuE's image stream has no 2-D relative bias, so without them the stream
+need not know where its items are (the model card's relation errors).
 
 Recipe (spec 1.7 and the probe's notes):
 - the shipped model is ofa_reference.OFAModel with the decomposed (MuE) encoder; exits are off
@@ -84,8 +89,11 @@ class AuxHeads(nn.Module):
     signal that reaches the ResNet only through the transformer layers was measured to stay at
     chance for 12k scenes, while the same head on the ResNet's output learns in 3k."""
 
-    def __init__(self, d_model: int, stem_channels: int):
+    def __init__(self, d_model: int, stem_channels: int, position: bool = False):
         super().__init__()
+        if position:  # --position-heads: every image token's own row and column (8 each)
+            self.row = nn.Linear(d_model, 8)
+            self.col = nn.Linear(d_model, 8)
         self.colour = nn.Linear(d_model, 1 + len(COLOUR_NAMES))
         self.cls = nn.Linear(d_model, 1 + len(CLASS_NAMES))
         self.kind = nn.Linear(d_model, 4)
@@ -195,10 +203,11 @@ def run_encoder_layers(enc, x, bias, padding_mask) -> List[torch.Tensor]:
 class Trainer(nn.Module):
     """The model plus training-only heads, and the MuE forward that collects every layer."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, position_heads: bool = False):
         super().__init__()
         self.model = R.OFAModel(config)
-        self.aux = AuxHeads(config["d_model"], self.model.encoder.embed_images.out_channels)
+        self.aux = AuxHeads(config["d_model"], self.model.encoder.embed_images.out_channels,
+                            position_heads)
         init_weights(self, config["d_model"], config["pad_id"])
         self.stem_features = None  # the last ResNet output [B, C, h, w], for the stem heads
         self.model.encoder.embed_images.register_forward_hook(self._keep_stem)
@@ -295,6 +304,16 @@ class Trainer(nn.Module):
                 if layer == len(image_states) - 2:
                     right = logits.argmax(-1) == b[name]
                     aux_acc[name] = (right[items] if name == "cls" else right).float().mean()
+            if hasattr(self.aux, "row"):
+                # Values carry no position in OFA (entangle off; MuE's image stream has no 2-D
+                # bias either), so a token knows where it is only if the stream writes it in.
+                tokens = torch.arange(h.shape[1])
+                for name, target in (("row", tokens // 8), ("col", tokens % 8)):
+                    logits = getattr(self.aux, name)(h)
+                    target = target.expand(h.shape[0], -1)
+                    aux_losses.append(F.cross_entropy(logits.flatten(0, 1), target.flatten()))
+                    if layer == len(image_states) - 2:
+                        aux_acc[name] = (logits.argmax(-1) == target).float().mean()
         loss = torch.stack(aux_losses).sum() / len(image_states[1:])
         stem_loss, stem_acc = self.stem_loss(self.stem_features, b)
         aux_acc["stem_cls"] = stem_acc
@@ -354,7 +373,7 @@ def run(rank: int, args) -> None:
     vocab = len(bpe.encoder) + 4
     config = model_config(vocab, args.d_model, args.resnet_width, args.resnet_layers)
     torch.manual_seed(args.seed)  # identical initial weights in every process
-    trainer = Trainer(config)
+    trainer = Trainer(config, args.position_heads)
     resumed = None
     if args.init_from:
         resumed = torch.load(args.init_from, map_location="cpu")
@@ -362,7 +381,10 @@ def run(rank: int, args) -> None:
             raise SystemExit(f"--init-from {args.init_from}: its config differs from this run's "
                              f"(d_model, ResNet, vocabulary): {resumed['config']}")
         trainer.model.load_state_dict(resumed["model"])
-        trainer.aux.load_state_dict(resumed["aux"])
+        missing, unexpected = trainer.aux.load_state_dict(resumed["aux"], strict=False)
+        if unexpected or any(not k.startswith(("row.", "col.")) for k in missing):
+            raise SystemExit(f"--init-from {args.init_from}: its auxiliary heads differ from this "
+                             f"run's: missing {missing}, unexpected {unexpected}")
     trainer.train()
     torch.manual_seed(args.seed + 1 + rank)
     log = open(args.log, "a") if rank == 0 else None
@@ -524,6 +546,9 @@ def main() -> None:
                          "scenes differ from the first run's")
     ap.add_argument("--blank-images", action="store_true",
                     help="text-only baseline: every image uniform grey; no stage 1, no cell heads")
+    ap.add_argument("--position-heads", action="store_true",
+                    help="training-only heads: every image token predicts its own row and column "
+                         "from each image-stream layer")
     args = ap.parse_args()
     if args.blank_images:
         args.image_minutes, args.aux_weight = 0.0, 0.0
