@@ -3,6 +3,7 @@
 
   train_default_model.py --out DIR --minutes 70 [--image-minutes 7] [--procs 2] [--seed 0]
       [--log DIR/train.log] [--init-from CHECKPOINT] [--blank-images] [--position-heads]
+      [--grounding-heads] [--grounding-attention]
 
 One command from nothing: it learns the BPE vocabulary into DIR (tools/learn_bpe.py) unless
 DIR/encoder.json exists, then trains in two stages of fixed wall time and leaves
@@ -21,6 +22,16 @@ stage 1 and no cell heads (a blank image has no cells to learn).
 image token predicts its own row and column from each image-stream layer: OFA adds no position to
 a token's content and MuE's image stream has no 2-D relative bias, so without them the stream
 need not know where its items are (the model card's relation errors).
+
+--grounding-heads adds training-only heads (dropped at export) on every decoder layer's answer
+state that predict the cells of the items the hypothesis names (the subject of a position or
+colour hypothesis; both items of a relation): the answer loss alone left relations at chance, as
+nothing told the decoder that it must find the two named items and read where they are.
+
+--grounding-attention adds a training-only loss: at the answer position of decoder layers 2-6,
+cross-attention head 0 should rest on the first named item's cell (its 4 image tokens), head 1
+on the second's. With the grounding heads alone their loss stayed at chance: the decoder must
+first look at the named items before it can read their cells.
 
 Recipe (spec 1.7 and the probe's notes):
 - the shipped model is ofa_reference.OFAModel with the decomposed (MuE) encoder; exits are off
@@ -49,11 +60,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +80,8 @@ from blank_dump import BLANK_GREY  # noqa: E402
 from learn_bpe import Bpe  # noqa: E402
 from scenes import SceneSource, pre_caption  # noqa: E402
 from scenes import prompts  # noqa: E402
-from scenes.render import CLASS_NAMES, COLOUR_NAMES  # noqa: E402
+from scenes.language import RELATIONS  # noqa: E402
+from scenes.render import CLASS_NAMES, COLOUR_NAMES, GRID  # noqa: E402
 
 NAME = "mue-scenes-small"
 
@@ -89,8 +102,12 @@ class AuxHeads(nn.Module):
     signal that reaches the ResNet only through the transformer layers was measured to stay at
     chance for 12k scenes, while the same head on the ResNet's output learns in 3k."""
 
-    def __init__(self, d_model: int, stem_channels: int, position: bool = False):
+    def __init__(self, d_model: int, stem_channels: int, position: bool = False,
+                 grounding: bool = False):
         super().__init__()
+        if grounding:  # --grounding-heads: the cells (16) of the hypothesis's first/second item
+            self.ref_a = nn.Linear(d_model, GRID * GRID)
+            self.ref_b = nn.Linear(d_model, GRID * GRID)
         if position:  # --position-heads: every image token's own row and column (8 each)
             self.row = nn.Linear(d_model, 8)
             self.col = nn.Linear(d_model, 8)
@@ -105,6 +122,33 @@ class AuxHeads(nn.Module):
 def cell_targets(grid: np.ndarray) -> np.ndarray:
     """[4, 4] cell values -> [64] per image token (8x8 row-major; a cell is 2x2 tokens)."""
     return np.repeat(np.repeat(grid, 2, axis=0), 2, axis=1).reshape(-1)
+
+
+IGNORE = -100  # no grounding target (F.cross_entropy's ignore_index)
+_RELATION = re.compile(r"^the (\w+) is (" + "|".join(RELATIONS) + r") the (\w+)$")
+_POSITION = re.compile(r"^there is an? (\w+) in the ")
+_COLOUR = re.compile(r"^the (\w+) is \w+$")
+
+
+def grounding_cells(scene, hypothesis: str, template: str) -> Tuple[int, int]:
+    """The cells (row * 4 + col) of the unique visible items a hypothesis names, for the
+    --grounding-heads: (subject, IGNORE) for position and colour, (first, second) for relation;
+    IGNORE where an item is not uniquely visible or the template names no single item."""
+    names: List[str] = []
+    for pattern, tmpl, groups in ((_RELATION, "relation", (1, 3)), (_POSITION, "position", (1,)),
+                                  (_COLOUR, "colour", (1,))):
+        if template == tmpl:
+            m = pattern.match(hypothesis)
+            if m is None:
+                raise ValueError(f"{template} hypothesis {hypothesis!r}: not in the template's "
+                                 "form")
+            names = [m.group(g) for g in groups]
+    cells = []
+    for name in names:
+        found = [it for it in scene.visible if it.cls == name]
+        cells.append(found[0].row * GRID + found[0].col if len(found) == 1 else IGNORE)
+    cells += [IGNORE] * (2 - len(cells))
+    return cells[0], cells[1]
 
 
 class Batcher:
@@ -142,7 +186,7 @@ class Batcher:
 
     def make(self, indices: List[int], rng: np.random.Generator) -> Dict[str, torch.Tensor]:
         samples = [self.source.sample(i) for i in indices]
-        ve_src, ve_scene, ve_label, ve_template = [], [], [], []
+        ve_src, ve_scene, ve_label, ve_template, ve_ref = [], [], [], [], []
         cap_tgt = []
         for j, s in enumerate(samples):
             p = pre_caption(s.premise)
@@ -152,6 +196,7 @@ class Batcher:
                 ve_scene.append(j)
                 ve_label.append(self.label_index[label])
                 ve_template.append(template)
+                ve_ref.append(grounding_cells(s.scene, pre_caption(hyp), template))
             cap = self.ids(" " + pre_caption(s.captions[int(rng.integers(len(s.captions)))]))
             cap_tgt.append(cap[:15] + [self.eos])
         ve_src_t = self.pad_rows(ve_src)
@@ -167,6 +212,7 @@ class Batcher:
             images=self.image_tensor([s.image for s in samples]),
             ve_src=ve_src_t, ve_prev=ve_prev, ve_pos=lengths - 2,
             ve_scene=torch.tensor(ve_scene), ve_label=torch.tensor(ve_label),
+            ve_ref=torch.tensor(ve_ref, dtype=torch.long),
             cap_src=torch.tensor([[self.bos] + self.caption_src + [self.eos]] * len(samples)),
             cap_prev=cap_prev, cap_tgt=cap_tgt_t,
             colour=torch.from_numpy(np.stack([cell_targets(s.cell_colour) for s in samples])),
@@ -200,14 +246,41 @@ def run_encoder_layers(enc, x, bias, padding_mask) -> List[torch.Tensor]:
     return states
 
 
+def _recording_attend(attn: R.attention.MultiheadAttention, into: List[torch.Tensor]):
+    """attn.attend that also appends its attention log-probabilities [B, H, Tq, Tk] to `into`
+    (the scores as the reference computes them: bias right-aligned to the keys, padded keys
+    masked)."""
+    method = type(attn).attend.__get__(attn)
+
+    def attend(q, k, v, bias=None, key_padding_mask=None, causal=False):
+        scores = q @ k.transpose(-1, -2)
+        if bias is not None:
+            scores = scores + bias[..., -k.shape[-2]:]
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        into.append(F.log_softmax(scores.float(), dim=-1))
+        return method(q, k, v, bias, key_padding_mask, causal)
+    return attend
+
+
+def cell_token_mask() -> torch.Tensor:
+    """[16, 64] bool: the image tokens (8x8 row-major) of each cell (row * 4 + col)."""
+    tokens = torch.arange(64)
+    cell = (tokens // 8 // 2) * GRID + (tokens % 8) // 2
+    return cell[None, :] == torch.arange(GRID * GRID)[:, None]
+
+
 class Trainer(nn.Module):
     """The model plus training-only heads, and the MuE forward that collects every layer."""
 
-    def __init__(self, config: dict, position_heads: bool = False):
+    def __init__(self, config: dict, position_heads: bool = False, grounding_heads: bool = False,
+                 grounding_attention: bool = False):
         super().__init__()
+        self.grounding_attention = grounding_attention
+        self.register_buffer("cell_tokens", cell_token_mask(), persistent=False)
         self.model = R.OFAModel(config)
         self.aux = AuxHeads(config["d_model"], self.model.encoder.embed_images.out_channels,
-                            position_heads)
+                            position_heads, grounding_heads)
         init_weights(self, config["d_model"], config["pad_id"])
         self.stem_features = None  # the last ResNet output [B, C, h, w], for the stem heads
         self.model.encoder.embed_images.register_forward_hook(self._keep_stem)
@@ -238,10 +311,12 @@ class Trainer(nn.Module):
                                num_image_tokens=image_final.shape[1], layers_used={},
                                streams={})
 
-    def decoder_layers(self, prev, encoder_out) -> List[torch.Tensor]:
+    def decoder_layers(self, prev, encoder_out,
+                       cross_log_probs: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Every decoder layer's output, each through decoder.layer_norm (spec 1.7): the full
         sequence decoder of spec 3.6 with every layer kept (the reference's own loop serves
-        inference and its exits)."""
+        inference and its exits). cross_log_probs, if given, receives every layer's
+        cross-attention log-probabilities [B, H, T, S] (for --grounding-attention)."""
         dec = self.model.decoder
         t = prev.shape[1]
         pt = dec.target_positions(t, prev.device)
@@ -254,9 +329,16 @@ class Trainer(nn.Module):
         x = dec.embed(prev)
         outs = []
         for idx, layer in enumerate(dec.layers):
-            x = layer(x, encoder_kv=layer.encoder_key_value(encoder_out.hidden),
-                      self_bias=self_abs + dec.token_rel_bias(idx, t, t), cross_bias=cross_bias,
-                      self_padding_mask=padding, encoder_padding_mask=encoder_out.padding_mask)
+            if cross_log_probs is not None:
+                layer.encoder_attn.attend = _recording_attend(layer.encoder_attn, cross_log_probs)
+            try:
+                x = layer(x, encoder_kv=layer.encoder_key_value(encoder_out.hidden),
+                          self_bias=self_abs + dec.token_rel_bias(idx, t, t),
+                          cross_bias=cross_bias, self_padding_mask=padding,
+                          encoder_padding_mask=encoder_out.padding_mask)
+            finally:
+                if cross_log_probs is not None:
+                    del layer.encoder_attn.attend  # back to the class's method
             outs.append(dec.layer_norm(x))
         return outs
 
@@ -268,12 +350,27 @@ class Trainer(nn.Module):
         enc_ve = self.encode_rows(image_states, image_pos, b["ve_scene"], b["ve_src"])
         rows = torch.arange(b["ve_prev"].shape[0])
         answers = dec.embed_tokens.weight[answer_ids]  # [3, D]
-        ve_losses, ve_acc = [], []
-        for h in self.decoder_layers(b["ve_prev"], enc_ve):
-            logits = h[rows, b["ve_pos"]] @ answers.t()
+        ve_losses, ve_acc, ground_losses = [], [], []
+        grounded = b["ve_ref"].ne(IGNORE)
+        cross = [] if self.grounding_attention else None
+        for h in self.decoder_layers(b["ve_prev"], enc_ve, cross):
+            state = h[rows, b["ve_pos"]]
+            logits = state @ answers.t()
             ve_losses.append(F.cross_entropy(logits, b["ve_label"]))
             ve_acc.append((logits.argmax(-1) == b["ve_label"]).float().mean())
+            if hasattr(self.aux, "ref_a"):
+                refs = torch.stack([self.aux.ref_a(state), self.aux.ref_b(state)], 1)  # [R,2,16]
+                # a sum over the targets that exist (a batch may have none)
+                ground_losses.append(F.cross_entropy(refs.flatten(0, 1), b["ve_ref"].flatten(),
+                                                     ignore_index=IGNORE, reduction="sum")
+                                     / grounded.sum().clamp(min=1))
         out["ve"] = torch.stack(ve_losses).sum()
+        if cross:
+            out["attend"], out["attend_mass"] = self.attention_grounding(cross, b)
+        if ground_losses:
+            out["ground"] = torch.stack(ground_losses).mean()
+            right = (refs.argmax(-1) == b["ve_ref"])[grounded]
+            out["ground_acc"] = right.float().mean().detach() if right.numel() else None
         out["ve_acc_layers"] = torch.stack(ve_acc).detach()
         # Captioning: teacher forcing from BOS, every layer.
         scenes = torch.arange(b["images"].shape[0])
@@ -287,6 +384,24 @@ class Trainer(nn.Module):
         out["cap_last"] = cap_losses[-1].detach()
         out["aux"], out["aux_acc"] = self.aux_loss(image_states, b)
         return out
+
+    def attention_grounding(self, cross: List[torch.Tensor], b: Dict[str, torch.Tensor]):
+        """--grounding-attention: at the answer position of decoder layers 2-6, cross-attention
+        head 0 should rest on the first named item's cell (its 4 image tokens), head 1 on the
+        second's. Returns (mean -log attention mass on the cell, last layer's mean mass)."""
+        rows = torch.arange(b["ve_prev"].shape[0])
+        grounded = b["ve_ref"].ne(IGNORE)  # [R, 2]
+        if not grounded.any():
+            zero = cross[0].sum() * 0.0
+            return zero, 0.0
+        target = self.cell_tokens[b["ve_ref"].clamp(min=0)]  # [R, 2, 64]
+        losses = []
+        for log_probs in cross[1:]:
+            lp = log_probs[rows, :2, b["ve_pos"], :64]  # [R, 2 heads, 64 image tokens]
+            on_cell = lp.masked_fill(~target, float("-inf")).logsumexp(-1)  # [R, 2]
+            losses.append(-on_cell[grounded].mean())
+        mass = float(on_cell[grounded].exp().mean())
+        return torch.stack(losses).mean(), mass
 
     def aux_loss(self, image_states, b: Dict[str, torch.Tensor]):
         """Auxiliary cell heads on every encoder layer's image output (after the final LN, as an
@@ -373,7 +488,8 @@ def run(rank: int, args) -> None:
     vocab = len(bpe.encoder) + 4
     config = model_config(vocab, args.d_model, args.resnet_width, args.resnet_layers)
     torch.manual_seed(args.seed)  # identical initial weights in every process
-    trainer = Trainer(config, args.position_heads)
+    trainer = Trainer(config, args.position_heads, args.grounding_heads,
+                      args.grounding_attention)
     resumed = None
     if args.init_from:
         resumed = torch.load(args.init_from, map_location="cpu")
@@ -382,7 +498,8 @@ def run(rank: int, args) -> None:
                              f"(d_model, ResNet, vocabulary): {resumed['config']}")
         trainer.model.load_state_dict(resumed["model"])
         missing, unexpected = trainer.aux.load_state_dict(resumed["aux"], strict=False)
-        if unexpected or any(not k.startswith(("row.", "col.")) for k in missing):
+        if unexpected or any(not k.startswith(("row.", "col.", "ref_a.", "ref_b."))
+                             for k in missing):
             raise SystemExit(f"--init-from {args.init_from}: its auxiliary heads differ from this "
                              f"run's: missing {missing}, unexpected {unexpected}")
     trainer.train()
@@ -475,10 +592,21 @@ def run(rank: int, args) -> None:
     def task_losses(b, batcher):
         out = trainer(b, batcher.answer_ids)
         loss = out["ve"] + args.caption_weight * out["cap"] + args.aux_weight * out["aux"]
+        if "ground" in out:
+            loss = loss + args.grounding_weight * out["ground"]
+        if "attend" in out:
+            loss = loss + args.grounding_weight * out["attend"]
         stats = {"loss": float(loss), "ve": float(out["ve"]) / 6, "cap": float(out["cap_last"]),
                  "aux": float(out["aux"]), "ve_acc": float(out["ve_acc_layers"][-1]),
                  "ve_acc1": float(out["ve_acc_layers"][0])}
         stats.update({f"{k}_acc": float(v) for k, v in out["aux_acc"].items()})
+        if "ground" in out:
+            stats["ground"] = float(out["ground"])
+            if out["ground_acc"] is not None:
+                stats["ground_acc"] = float(out["ground_acc"])
+        if "attend" in out:
+            stats["attend"] = float(out["attend"])
+            stats["attend_mass"] = out["attend_mass"]
         return loss, stats
 
     # Stage 1 (probe lesson 2): the ResNet learns to see every cell's colour, class and kind
@@ -549,6 +677,14 @@ def main() -> None:
     ap.add_argument("--position-heads", action="store_true",
                     help="training-only heads: every image token predicts its own row and column "
                          "from each image-stream layer")
+    ap.add_argument("--grounding-heads", action="store_true",
+                    help="training-only heads: every decoder layer's answer state predicts the "
+                         "cells of the items the hypothesis names")
+    ap.add_argument("--grounding-attention", action="store_true",
+                    help="training-only loss: at the answer position of decoder layers 2-6, "
+                         "cross-attention heads 0 and 1 rest on the named items' cells")
+    ap.add_argument("--grounding-weight", type=float, default=1.0,
+                    help="weight of the grounding losses (each a mean over decoder layers)")
     args = ap.parse_args()
     if args.blank_images:
         args.image_minutes, args.aux_weight = 0.0, 0.0
