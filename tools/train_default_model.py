@@ -80,7 +80,7 @@ from blank_dump import BLANK_GREY  # noqa: E402
 from learn_bpe import Bpe  # noqa: E402
 from scenes import SceneSource, pre_caption  # noqa: E402
 from scenes import prompts  # noqa: E402
-from scenes.language import RELATIONS  # noqa: E402
+from scenes.language import RELATIONS, unique_of_class  # noqa: E402
 from scenes.render import CLASS_NAMES, COLOUR_NAMES, GRID  # noqa: E402
 
 NAME = "mue-scenes-small"
@@ -125,9 +125,11 @@ def cell_targets(grid: np.ndarray) -> np.ndarray:
 
 
 IGNORE = -100  # no grounding target (F.cross_entropy's ignore_index)
-_RELATION = re.compile(r"^the (\w+) is (" + "|".join(RELATIONS) + r") the (\w+)$")
-_POSITION = re.compile(r"^there is an? (\w+) in the ")
-_COLOUR = re.compile(r"^the (\w+) is \w+$")
+# template -> (its hypothesis form, the groups that name items); other templates name no item
+_GROUNDED_TEMPLATES = {
+    "relation": (re.compile(r"^the (\w+) is (" + "|".join(RELATIONS) + r") the (\w+)$"), (1, 3)),
+    "position": (re.compile(r"^there is an? (\w+) in the "), (1,)),
+    "colour": (re.compile(r"^the (\w+) is \w+$"), (1,))}
 
 
 def grounding_cells(scene, hypothesis: str, template: str) -> Tuple[int, int]:
@@ -135,18 +137,16 @@ def grounding_cells(scene, hypothesis: str, template: str) -> Tuple[int, int]:
     --grounding-heads: (subject, IGNORE) for position and colour, (first, second) for relation;
     IGNORE where an item is not uniquely visible or the template names no single item."""
     names: List[str] = []
-    for pattern, tmpl, groups in ((_RELATION, "relation", (1, 3)), (_POSITION, "position", (1,)),
-                                  (_COLOUR, "colour", (1,))):
-        if template == tmpl:
-            m = pattern.match(hypothesis)
-            if m is None:
-                raise ValueError(f"{template} hypothesis {hypothesis!r}: not in the template's "
-                                 "form")
-            names = [m.group(g) for g in groups]
+    if template in _GROUNDED_TEMPLATES:
+        pattern, groups = _GROUNDED_TEMPLATES[template]
+        m = pattern.match(hypothesis)
+        if m is None:
+            raise ValueError(f"{template} hypothesis {hypothesis!r}: not in the template's form")
+        names = [m.group(g) for g in groups]
     cells = []
     for name in names:
-        found = [it for it in scene.visible if it.cls == name]
-        cells.append(found[0].row * GRID + found[0].col if len(found) == 1 else IGNORE)
+        it = unique_of_class(scene.visible, name)
+        cells.append(IGNORE if it is None else it.row * GRID + it.col)
     cells += [IGNORE] * (2 - len(cells))
     return cells[0], cells[1]
 
@@ -191,12 +191,12 @@ class Batcher:
         for j, s in enumerate(samples):
             p = pre_caption(s.premise)
             for hyp, label, template in s.hypotheses:
-                ve_src.append([self.bos] + self.ids(prompts.ve_prompt(p, pre_caption(hyp)))
-                              + [self.eos])
+                hyp = pre_caption(hyp)
+                ve_src.append([self.bos] + self.ids(prompts.ve_prompt(p, hyp)) + [self.eos])
                 ve_scene.append(j)
                 ve_label.append(self.label_index[label])
                 ve_template.append(template)
-                ve_ref.append(grounding_cells(s.scene, pre_caption(hyp), template))
+                ve_ref.append(grounding_cells(s.scene, hyp, template))
             cap = self.ids(" " + pre_caption(s.captions[int(rng.integers(len(s.captions)))]))
             cap_tgt.append(cap[:15] + [self.eos])
         ve_src_t = self.pad_rows(ve_src)
@@ -246,27 +246,10 @@ def run_encoder_layers(enc, x, bias, padding_mask) -> List[torch.Tensor]:
     return states
 
 
-def _recording_attend(attn: R.attention.MultiheadAttention, into: List[torch.Tensor]):
-    """attn.attend that also appends its attention log-probabilities [B, H, Tq, Tk] to `into`
-    (the scores as the reference computes them: bias right-aligned to the keys, padded keys
-    masked)."""
-    method = type(attn).attend.__get__(attn)
-
-    def attend(q, k, v, bias=None, key_padding_mask=None, causal=False):
-        scores = q @ k.transpose(-1, -2)
-        if bias is not None:
-            scores = scores + bias[..., -k.shape[-2]:]
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        into.append(F.log_softmax(scores.float(), dim=-1))
-        return method(q, k, v, bias, key_padding_mask, causal)
-    return attend
-
-
 def cell_token_mask() -> torch.Tensor:
-    """[16, 64] bool: the image tokens (8x8 row-major) of each cell (row * 4 + col)."""
-    tokens = torch.arange(64)
-    cell = (tokens // 8 // 2) * GRID + (tokens % 8) // 2
+    """[16, 64] bool: the image tokens of each cell (row * 4 + col), as cell_targets lays
+    cells over tokens."""
+    cell = torch.from_numpy(cell_targets(np.arange(GRID * GRID).reshape(GRID, GRID)))
     return cell[None, :] == torch.arange(GRID * GRID)[:, None]
 
 
@@ -329,16 +312,14 @@ class Trainer(nn.Module):
         x = dec.embed(prev)
         outs = []
         for idx, layer in enumerate(dec.layers):
-            if cross_log_probs is not None:
-                layer.encoder_attn.attend = _recording_attend(layer.encoder_attn, cross_log_probs)
+            layer.encoder_attn.recorded_log_probs = cross_log_probs
             try:
                 x = layer(x, encoder_kv=layer.encoder_key_value(encoder_out.hidden),
                           self_bias=self_abs + dec.token_rel_bias(idx, t, t),
                           cross_bias=cross_bias, self_padding_mask=padding,
                           encoder_padding_mask=encoder_out.padding_mask)
             finally:
-                if cross_log_probs is not None:
-                    del layer.encoder_attn.attend  # back to the class's method
+                layer.encoder_attn.recorded_log_probs = None
             outs.append(dec.layer_norm(x))
         return outs
 
@@ -366,7 +347,7 @@ class Trainer(nn.Module):
                                      / grounded.sum().clamp(min=1))
         out["ve"] = torch.stack(ve_losses).sum()
         if cross:
-            out["attend"], out["attend_mass"] = self.attention_grounding(cross, b)
+            out["attend"], out["attend_mass"] = self.attention_grounding(cross, b, grounded)
         if ground_losses:
             out["ground"] = torch.stack(ground_losses).mean()
             right = (refs.argmax(-1) == b["ve_ref"])[grounded]
@@ -385,12 +366,13 @@ class Trainer(nn.Module):
         out["aux"], out["aux_acc"] = self.aux_loss(image_states, b)
         return out
 
-    def attention_grounding(self, cross: List[torch.Tensor], b: Dict[str, torch.Tensor]):
+    def attention_grounding(self, cross: List[torch.Tensor], b: Dict[str, torch.Tensor],
+                            grounded: torch.Tensor):
         """--grounding-attention: at the answer position of decoder layers 2-6, cross-attention
         head 0 should rest on the first named item's cell (its 4 image tokens), head 1 on the
-        second's. Returns (mean -log attention mass on the cell, last layer's mean mass)."""
+        second's. grounded [R, 2]: which targets exist. Returns (mean -log attention mass on
+        the cell, last layer's mean mass)."""
         rows = torch.arange(b["ve_prev"].shape[0])
-        grounded = b["ve_ref"].ne(IGNORE)  # [R, 2]
         if not grounded.any():
             zero = cross[0].sum() * 0.0
             return zero, 0.0

@@ -7,7 +7,7 @@ and causal masks; softmax in float32; each head's output is scaled by the learne
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ class MultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
+        # When a list, attend() appends its log-probabilities [B, H, Tq, Tk] to it (training
+        # tools that supervise where attention rests); not a parameter, not in state_dict().
+        self.recorded_log_probs: Optional[List[Tensor]] = None
 
     def split_heads(self, x: Tensor) -> Tensor:
         """[B, T, D] -> [B, H, T, head_dim]."""
@@ -60,6 +63,8 @@ class MultiheadAttention(nn.Module):
             scores = scores.masked_fill(future, float("-inf"))
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        if self.recorded_log_probs is not None:
+            self.recorded_log_probs.append(F.log_softmax(scores.float(), dim=-1))
         probs = F.softmax(scores.float(), dim=-1).type_as(scores)
         heads = (probs @ v) * self.c_attn[:, None, None]
         b, h, _, d = heads.shape

@@ -40,7 +40,8 @@ def _one(rng: np.random.Generator, seq):
     return seq[int(rng.integers(len(seq)))]
 
 
-def _unique(items: List[Item], cls: str) -> Optional[Item]:
+def unique_of_class(items: List[Item], cls: str) -> Optional[Item]:
+    """The one item of class `cls` among `items`, or None when there are none or several."""
     found = [it for it in items if it.cls == cls]
     return found[0] if len(found) == 1 else None
 
@@ -134,7 +135,7 @@ def t_relation(scene, rng, p):
         return None
     rel = _one(rng, list(RELATIONS))
     axis, sign = RELATIONS[rel]
-    ia, ib = _unique(scene.visible, ca), _unique(scene.visible, cb)
+    ia, ib = unique_of_class(scene.visible, ca), unique_of_class(scene.visible, cb)
     text = f"the {ca} is {rel} the {cb}"
     if ia is not None and ib is not None:
         da = (ia.col - ib.col) if axis else (ia.row - ib.row)
