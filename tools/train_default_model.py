@@ -3,7 +3,7 @@
 
   train_default_model.py --out DIR --minutes 70 [--image-minutes 7] [--procs 2] [--seed 0]
       [--log DIR/train.log] [--init-from CHECKPOINT] [--blank-images] [--position-heads]
-      [--grounding-heads] [--grounding-attention]
+      [--grounding-heads] [--grounding-attention] [--random-exit-depth P]
 
 One command from nothing: it learns the BPE vocabulary into DIR (tools/learn_bpe.py) unless
 DIR/encoder.json exists, then trains in two stages of fixed wall time and leaves
@@ -32,6 +32,13 @@ nothing told the decoder that it must find the two named items and read where th
 cross-attention head 0 should rest on the first named item's cell (its 4 image tokens), head 1
 on the second's. With the grounding heads alone their loss stayed at chance: the decoder must
 first look at the named items before it can read their cells.
+
+--random-exit-depth P feeds the decoder, for a fraction P of the rows, an encoder stream that
+exited early: each stream (image, text) independently, after a layer drawn uniformly from 1 to
+N-1 instead of N, through the encoder's final LayerNorm as an exit at inference is. MuE's
+layer-wise loss makes every decoder layer an exit; this makes every encoder exit a state the
+decoder has learned to read. Without it, a model whose upper text layers do work (the model
+card's 92% candidate) lost 26 points at a text exit after layer 2.
 
 Recipe (spec 1.7 and the probe's notes):
 - the shipped model is ofa_reference.OFAModel with the decomposed (MuE) encoder; exits are off
@@ -257,9 +264,12 @@ class Trainer(nn.Module):
     """The model plus training-only heads, and the MuE forward that collects every layer."""
 
     def __init__(self, config: dict, position_heads: bool = False, grounding_heads: bool = False,
-                 grounding_attention: bool = False):
+                 grounding_attention: bool = False, random_exit_depth: float = 0.0):
         super().__init__()
+        if not 0.0 <= random_exit_depth <= 1.0:
+            raise ValueError(f"random_exit_depth must be in [0, 1], got {random_exit_depth}")
         self.grounding_attention = grounding_attention
+        self.random_exit_depth = random_exit_depth
         self.register_buffer("cell_tokens", cell_token_mask(), persistent=False)
         self.model = R.OFAModel(config)
         self.aux = AuxHeads(config["d_model"], self.model.encoder.embed_images.out_channels,
@@ -286,13 +296,27 @@ class Trainer(nn.Module):
         length = src_tokens.shape[1]
         text_states = run_encoder_layers(
             enc, text_x, lambda idx: text_abs + enc.token_rel_bias(idx, length), text_pad)
-        image_final = image_states[-1][scene_of_row]
-        hidden = enc.layer_norm(torch.cat([image_final, text_states[-1]], dim=1))
+        image_final, text_final = image_states[-1][scene_of_row], text_states[-1]
+        if self.random_exit_depth > 0:
+            image_final = self.exit_states([s[scene_of_row] for s in image_states])
+            text_final = self.exit_states(text_states)
+        hidden = enc.layer_norm(torch.cat([image_final, text_final], dim=1))
         padding = torch.cat([torch.zeros(image_final.shape[:2], dtype=torch.bool), text_pad], 1)
         return R.EncoderOutput(hidden=hidden, padding_mask=padding,
                                position_embedding=torch.cat([image_pos, text_pos]),
                                num_image_tokens=image_final.shape[1], layers_used={},
                                streams={})
+
+    def exit_states(self, states: List[torch.Tensor]) -> torch.Tensor:
+        """--random-exit-depth: one stream's output per row [R, T, D] from its states [input,
+        layer 1, ..., layer N]: after a layer drawn uniformly from 1..N-1 for a fraction
+        random_exit_depth of the rows, after layer N for the others."""
+        outputs = torch.stack(states[1:])  # [N, R, T, D]
+        layers, rows = outputs.shape[:2]
+        depth = torch.full((rows,), layers - 1, dtype=torch.long)
+        early = torch.rand(rows) < self.random_exit_depth
+        depth[early] = torch.randint(0, layers - 1, (int(early.sum()),))
+        return outputs[depth, torch.arange(rows)]
 
     def decoder_layers(self, prev, encoder_out,
                        cross_log_probs: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
@@ -471,7 +495,7 @@ def run(rank: int, args) -> None:
     config = model_config(vocab, args.d_model, args.resnet_width, args.resnet_layers)
     torch.manual_seed(args.seed)  # identical initial weights in every process
     trainer = Trainer(config, args.position_heads, args.grounding_heads,
-                      args.grounding_attention)
+                      args.grounding_attention, args.random_exit_depth)
     resumed = None
     if args.init_from:
         resumed = torch.load(args.init_from, map_location="cpu")
@@ -502,6 +526,13 @@ def run(rank: int, args) -> None:
         f"proc; stage 2 (all tasks) {args.minutes} min at batch {args.batch} scenes x "
         f"{args.hyps} hyps per proc" + ("; blank images (text-only baseline)"
                                           if args.blank_images else ""))
+    extras = [flag for flag, on in (("--position-heads", args.position_heads),
+                                    ("--grounding-heads", args.grounding_heads),
+                                    ("--grounding-attention", args.grounding_attention)) if on]
+    if args.random_exit_depth > 0:
+        extras.append(f"--random-exit-depth {args.random_exit_depth}")
+    if extras:
+        say("# training-only: " + " ".join(extras) + f" (seed {args.seed}, peak LR {args.lr})")
     state = {"step": 0, "scenes": 0, "ema": {}}
     if resumed is not None:
         state["step"], state["scenes"] = resumed["step"], resumed["scenes"]
@@ -667,7 +698,13 @@ def main() -> None:
                          "cross-attention heads 0 and 1 rest on the named items' cells")
     ap.add_argument("--grounding-weight", type=float, default=1.0,
                     help="weight of the grounding losses (each a mean over decoder layers)")
+    ap.add_argument("--random-exit-depth", type=float, default=0.0, metavar="P",
+                    help="training only: for this fraction of the rows, each encoder stream's "
+                         "output is taken after a random earlier layer (1..N-1), so that the "
+                         "decoder learns to read early encoder exits")
     args = ap.parse_args()
+    if not 0.0 <= args.random_exit_depth <= 1.0:
+        ap.error(f"--random-exit-depth must be in [0, 1], got {args.random_exit_depth}")
     if args.blank_images:
         args.image_minutes, args.aux_weight = 0.0, 0.0
     os.makedirs(args.out, exist_ok=True)
