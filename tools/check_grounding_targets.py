@@ -93,10 +93,11 @@ def main() -> int:
             counts[key] = counts.get(key, 0) + 1
             if why is not None:
                 failures.append(f"scene {i} {template} {label} {hyp!r}: {why}")
+    scene = source.sample(0).scene
     for bad, template in (("the bag is near the boot", "relation"), ("a red bag", "colour"),
                           ("there are bags", "position")):
         try:
-            grounding_cells(source.sample(0).scene, bad, template)
+            grounding_cells(scene, bad, template)
             failures.append(f"{template} hypothesis {bad!r} was not refused")
         except ValueError as e:
             if bad not in str(e):

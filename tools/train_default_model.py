@@ -298,8 +298,8 @@ class Trainer(nn.Module):
             enc, text_x, lambda idx: text_abs + enc.token_rel_bias(idx, length), text_pad)
         image_final, text_final = image_states[-1][scene_of_row], text_states[-1]
         if self.random_exit_depth > 0:
-            image_final = self.exit_states([s[scene_of_row] for s in image_states])
-            text_final = self.exit_states(text_states)
+            image_final = self.exit_states(image_states, scene_of_row)
+            text_final = self.exit_states(text_states, torch.arange(text_x.shape[0]))
         hidden = enc.layer_norm(torch.cat([image_final, text_final], dim=1))
         padding = torch.cat([torch.zeros(image_final.shape[:2], dtype=torch.bool), text_pad], 1)
         return R.EncoderOutput(hidden=hidden, padding_mask=padding,
@@ -307,16 +307,17 @@ class Trainer(nn.Module):
                                num_image_tokens=image_final.shape[1], layers_used={},
                                streams={})
 
-    def exit_states(self, states: List[torch.Tensor]) -> torch.Tensor:
-        """--random-exit-depth: one stream's output per row [R, T, D] from its states [input,
-        layer 1, ..., layer N]: after a layer drawn uniformly from 1..N-1 for a fraction
+    def exit_states(self, states: List[torch.Tensor], source: torch.Tensor) -> torch.Tensor:
+        """--random-exit-depth: one stream's output per row [R, T, D], row r reading sequence
+        source[r] of the stream's states [input, layer 1, ..., layer N] (each [S, T, D]; the image
+        stream runs once per scene): after a layer drawn uniformly from 1..N-1 for a fraction
         random_exit_depth of the rows, after layer N for the others."""
-        outputs = torch.stack(states[1:])  # [N, R, T, D]
-        layers, rows = outputs.shape[:2]
+        outputs = torch.stack(states[1:])  # [N, S, T, D]
+        layers, rows = outputs.shape[0], source.shape[0]
         depth = torch.full((rows,), layers - 1, dtype=torch.long)
         early = torch.rand(rows) < self.random_exit_depth
         depth[early] = torch.randint(0, layers - 1, (int(early.sum()),))
-        return outputs[depth, torch.arange(rows)]
+        return outputs[depth, source]
 
     def decoder_layers(self, prev, encoder_out,
                        cross_log_probs: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
