@@ -68,11 +68,15 @@ inline std::filesystem::path fresh_temp_dir(const std::string& tag) {
   return dir;
 }
 
-// Runs `python3 <repo>/tools/<script> <args...>` and returns its exit code and output.
+// Runs `python3 <repo>/tools/<script> <args...>` and returns its exit code and output. With
+// timeout_s > 0 the tool is killed after that many seconds (exit code 124), so that a hang fails
+// the test instead of stalling the suite.
 inline ToolRun run_python_tool(const std::string& script, const std::string& quoted_args,
-                               const std::filesystem::path& scratch_dir) {
+                               const std::filesystem::path& scratch_dir, int timeout_s = 0) {
   const std::filesystem::path log = scratch_dir / (script + ".log");
-  const std::string command = std::string(kPython) + " " +
+  const std::string limit =
+      timeout_s > 0 ? "timeout -k 5 " + std::to_string(timeout_s) + " " : std::string();
+  const std::string command = limit + std::string(kPython) + " " +
                               shell_quote(std::string(MUE_SOURCE_DIR) + "/tools/" + script) + " " +
                               quoted_args + " > " + shell_quote(log.string()) + " 2>&1";
   const int status = std::system(command.c_str());

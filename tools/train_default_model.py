@@ -396,11 +396,12 @@ class Trainer(nn.Module):
         """--grounding-attention: at the answer position of decoder layers 2-6, cross-attention
         head 0 should rest on the first named item's cell (its 4 image tokens), head 1 on the
         second's. grounded [R, 2]: which targets exist. Returns (mean -log attention mass on
-        the cell, last layer's mean mass)."""
+        the cell, last layer's mean mass), or (0, None) when the batch names no item."""
         rows = torch.arange(b["ve_prev"].shape[0])
         if not grounded.any():
-            zero = cross[0].sum() * 0.0
-            return zero, 0.0
+            # Not cross[0].sum() * 0: masked keys hold -inf log-probabilities, and -inf * 0 is
+            # NaN, which made the logged loss NaN for good (its moving average never recovers).
+            return torch.zeros(()), None
         target = self.cell_tokens[b["ve_ref"].clamp(min=0)]  # [R, 2, 64]
         losses = []
         for log_probs in cross[1:]:
@@ -561,12 +562,20 @@ def run(rank: int, args) -> None:
         ema = state["ema"] = {}
         step = 0
         while True:
-            flag = torch.tensor([(time.time() - start) / (minutes * 60.0)], dtype=torch.float64)
+            # Rank 0's clock decides both the schedule and when to save: a save all-reduces the
+            # BatchNorm buffers, so every process must enter it at the same step.
+            now = time.time()
+            flag = torch.tensor([(now - start) / (minutes * 60.0),
+                                 float(now - last_save > args.save_minutes * 60)],
+                                dtype=torch.float64)
             if args.procs > 1:
                 if rank != 0:
                     flag.zero_()
                 dist.all_reduce(flag)
-            progress = float(flag[0])
+            progress, save_now = float(flag[0]), bool(flag[1])
+            if save_now:
+                last_save = now
+                save(trainer, args, config, state, rank)
             if progress >= 1.0:
                 break
             lr = lr_at(progress, lr_peak)
@@ -593,9 +602,6 @@ def run(rank: int, args) -> None:
                     f"({step * batch * args.procs / elapsed:.1f}/s, data {t_data:.2f}s/step) "
                     f"lr {lr:.2e} gnorm {grad_norm:.2f} "
                     + " ".join(f"{k} {v:.3f}" for k, v in ema.items()))
-            if time.time() - last_save > args.save_minutes * 60:
-                last_save = time.time()
-                save(trainer, args, config, state, rank)
         say(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {name} done: {step} steps, "
             f"{step * batch * args.procs} scenes, {(time.time() - start) / 60:.1f} min")
 
@@ -620,7 +626,8 @@ def run(rank: int, args) -> None:
                 stats["ground_acc"] = float(out["ground_acc"])
         if "attend" in out:
             stats["attend"] = float(out["attend"])
-            stats["attend_mass"] = out["attend_mass"]
+            if out["attend_mass"] is not None:  # None: no named item in the batch
+                stats["attend_mass"] = out["attend_mass"]
         return loss, stats
 
     # Stage 1 (probe lesson 2): the ResNet learns to see every cell's colour, class and kind
