@@ -5,7 +5,6 @@
 // checkpoint tools/export_default_model.py turns into a model the engine runs.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>

@@ -573,11 +573,11 @@ def run(rank: int, args) -> None:
                     flag.zero_()
                 dist.all_reduce(flag)
             progress, save_now = float(flag[0]), bool(flag[1])
+            if progress >= 1.0:
+                break
             if save_now:
                 last_save = now
                 save(trainer, args, config, state, rank)
-            if progress >= 1.0:
-                break
             lr = lr_at(progress, lr_peak)
             for g in opt.param_groups:
                 g["lr"] = lr
