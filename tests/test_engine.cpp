@@ -162,6 +162,19 @@ TEST_F(EngineTest, BadInputIsRefusedWithTheReason) {
   bad.exit_threshold_text = 1.5;
   EXPECT_NE(message([&] { engine_->set_exit_policy(bad); }).find("exit_threshold_text"),
             std::string::npos);
+  const ExitPolicy original = engine_->exit_policy();
+  ExitPolicy too_deep;
+  too_deep.fixed_depth_decoder = engine_->config().decoder_layers + 1;
+  const std::string deep = message([&] { engine_->set_exit_policy(too_deep); });
+  EXPECT_NE(deep.find("fixed_depth_decoder = " + std::to_string(too_deep.fixed_depth_decoder) +
+                      " exceeds the model's " + std::to_string(engine_->config().decoder_layers) +
+                      " decoder layers"),
+            std::string::npos)
+      << deep;
+  ExitPolicy at_depth;  // the model's own depth is a valid fixed depth
+  at_depth.fixed_depth_image = engine_->config().encoder_layers;
+  EXPECT_EQ(message([&] { engine_->set_exit_policy(at_depth); }), "");
+  engine_->set_exit_policy(original);
   PreparedImage img = engine_->prepare_image(coco_image(0).string());
   EXPECT_NE(message([&] { engine_->entail(img, "", "  "); }).find("hypothesis is empty"),
             std::string::npos);

@@ -93,7 +93,8 @@ ExitPolicy ExitPolicy::from_json(const nlohmann::json& j, const std::string& sou
     else if (s == "calm")
       p.decoder_schedule = DecoderSchedule::kCalm;
     else
-      throw Error(source + ": decoder_schedule must be \"static\", \"decaying\" or \"calm\"");
+      throw Error(source + ": decoder_schedule must be \"static\", \"decaying\" or \"calm\", got " +
+                  j["decoder_schedule"].dump());
   }
   if (j.contains("skipped_layer_cache")) {
     std::string s =
@@ -103,7 +104,8 @@ ExitPolicy ExitPolicy::from_json(const nlohmann::json& j, const std::string& sou
     else if (s == "reference")
       p.skipped_layer_cache = SkippedLayerCache::kReference;
     else
-      throw Error(source + ": skipped_layer_cache must be \"propagate\" or \"reference\"");
+      throw Error(source + ": skipped_layer_cache must be \"propagate\" or \"reference\", got " +
+                  j["skipped_layer_cache"].dump());
   }
   try {
     p.validate();

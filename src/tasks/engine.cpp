@@ -8,6 +8,7 @@
 #include <list>
 #include <map>
 #include <numeric>
+#include <tuple>
 #include <unordered_map>
 
 #include "io/image.h"
@@ -242,6 +243,15 @@ void Engine::set_threads(int n) { set_num_threads(n); }
 
 void Engine::set_exit_policy(const ExitPolicy& policy) {
   policy.validate();
+  // A depth the model does not have would silently run in full: say so instead.
+  const ModelConfig& c = config();
+  for (auto [depth, name, layers, stack] :
+       {std::tuple{policy.fixed_depth_image, "fixed_depth_image", c.encoder_layers, "encoder"},
+        std::tuple{policy.fixed_depth_text, "fixed_depth_text", c.encoder_layers, "encoder"},
+        std::tuple{policy.fixed_depth_decoder, "fixed_depth_decoder", c.decoder_layers, "decoder"}})
+    if (depth > layers)
+      throw Error("exit policy: " + std::string(name) + " = " + std::to_string(depth) +
+                  " exceeds the model's " + std::to_string(layers) + " " + stack + " layers");
   policy_ = policy;
 }
 
