@@ -6,6 +6,7 @@
 #include "mue/mue.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <iomanip>
@@ -33,7 +34,7 @@ options:
   --schedule NAME           decoder threshold schedule: static | decaying | calm
   --kv-cache NAME           skipped decoder layers' cache: propagate | reference
   --fixed-depth I,T,D       exit after I image, T text and D decoder layers (0 = off)
-  --threads N               threads (default: all cores)
+  --threads N               threads (default, or 0: all cores)
   --beam N, --max-len N     captioning search settings (default: the model's)
   --compare                 also run at full depth and report the measured time saved
   --json                    machine-readable output
@@ -58,6 +59,15 @@ double parse_number(const std::string& flag, const std::string& value) {
   } catch (const std::exception&) {
     fail(flag + " needs a number, got \"" + value + "\"");
   }
+}
+
+// Counts (threads, beam, length, depths): a fraction or a number below `min` is refused rather
+// than truncated or taken as a default.
+int parse_count(const std::string& flag, const std::string& value, int min) {
+  const double v = parse_number(flag, value);
+  if (v != std::floor(v) || v > 1e6) fail(flag + " needs a whole number, got \"" + value + "\"");
+  if (v < min) fail(flag + " must be at least " + std::to_string(min) + ", got " + value);
+  return static_cast<int>(v);
 }
 
 struct Args {
@@ -153,8 +163,7 @@ mue::ExitPolicy make_policy(const Args& a, const std::string& file) {
     std::vector<int> depths;
     std::stringstream ss(*v);
     std::string part;
-    while (std::getline(ss, part, ','))
-      depths.push_back(static_cast<int>(parse_number("--fixed-depth", part)));
+    while (std::getline(ss, part, ',')) depths.push_back(parse_count("--fixed-depth", part, 0));
     if (depths.size() != 3) fail("--fixed-depth needs three numbers I,T,D, got \"" + *v + "\"");
     j["fixed_depth_image"] = depths[0];
     j["fixed_depth_text"] = depths[1];
@@ -193,18 +202,16 @@ int main(int argc, char** argv) {
   try {
     mue::EngineOptions options;
     if (a.options.count("--threads"))
-      options.threads = static_cast<int>(parse_number("--threads", a.options["--threads"]));
+      options.threads = parse_count("--threads", a.options["--threads"], 0);
     const std::string file = policy_file(a);
     options.exit_policy = make_policy(a, file);
     if (!std::filesystem::exists(a.model))
       fail("model directory " + a.model + " does not exist (set --model or MUE_MODEL)");
     auto engine = mue::Engine::load(a.model, options);
     if (a.options.count("--beam"))
-      engine->generation().beam_size =
-          static_cast<int>(parse_number("--beam", a.options["--beam"]));
+      engine->generation().beam_size = parse_count("--beam", a.options["--beam"], 1);
     if (a.options.count("--max-len"))
-      engine->generation().max_len =
-          static_cast<int>(parse_number("--max-len", a.options["--max-len"]));
+      engine->generation().max_len = parse_count("--max-len", a.options["--max-len"], 1);
     const mue::ModelConfig& cfg = engine->config();
 
     if (a.command == "info") {
