@@ -345,6 +345,8 @@ TEST(MueBenchErrors, BadCommandLinesAndInputsNameTheProblem) {
       {base + " --setting full_depth=image:0.9", 2, "two settings are named \"full_depth\""},
       {base + " --sweep text=0.9,x", 2, "needs a number, got \"x\""},
       {base + " --batch-size 0", 2, "--batch-size must be at least 1"},
+      {base + " --setting deep=fixed:0/0/99", 1,
+       "setting deep: exit policy: fixed_depth_decoder = 99 exceeds"},
       {base + " --metric cider_d", 2, "not a ve metric"},
       {base + " --task caption", 1, "could be run"},  // no VE line has references
       {base + " --frobnicate", 2, "unexpected argument \"--frobnicate\""},

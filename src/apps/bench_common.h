@@ -467,8 +467,17 @@ inline RunResult run_settings(Engine& engine, const BenchDump& dump,
     chunks.back().insert(chunks.back().end(), g.begin(), g.end());
   }
 
-  Progress progress(options.progress, options.label, n * settings.size());
   const ExitPolicy original = engine.exit_policy();
+  for (const Setting& s : settings) {  // every setting must fit the model before any time is spent
+    try {
+      engine.set_exit_policy(s.policy);
+    } catch (const Error& e) {
+      engine.set_exit_policy(original);
+      throw Error("setting " + s.name + ": " + e.what());
+    }
+  }
+  engine.set_exit_policy(original);
+  Progress progress(options.progress, options.label, n * settings.size());
   bool warmed_up = !options.warmup;
   for (size_t c = 0; c < chunks.size(); ++c) {
     // Prepare the chunk's images once; a sample whose image or text fails is bad for all.
