@@ -36,10 +36,11 @@ class DefaultModelTest : public ::testing::Test {
     engine_ = Engine::load(kModel.string(), opt);
   }
   void use_policy(const std::string& name) {
-    engine_->set_exit_policy(ExitPolicy::from_json(expected_["policies"][name]));
+    call_.exit_policy = ExitPolicy::from_json(expected_["policies"][name]);
   }
   static inline json expected_;
   std::unique_ptr<Engine> engine_;
+  CallOptions call_;  // the policy under test
 };
 
 TEST_F(DefaultModelTest, EntailmentMatchesTheReference) {
@@ -50,7 +51,7 @@ TEST_F(DefaultModelTest, EntailmentMatchesTheReference) {
                    pair["hypothesis"].get<std::string>());
       const json& want = pair["results"][policy];
       EntailmentResult r = engine_->entail((kFixtures / pair["image"].get<std::string>()).string(),
-                                           pair["premise"], pair["hypothesis"]);
+                                           pair["premise"], pair["hypothesis"], call_);
       EXPECT_NEAR(r.p_entailment, want["p_entailment"].get<double>(), 1e-4);
       EXPECT_NEAR(r.p_neutral, want["p_neutral"].get<double>(), 1e-4);
       EXPECT_NEAR(r.p_contradiction, want["p_contradiction"].get<double>(), 1e-4);
@@ -68,7 +69,8 @@ TEST_F(DefaultModelTest, CaptionsMatchTheReference) {
     for (const json& image : expected_["caption"]) {
       SCOPED_TRACE(policy + ": " + image["image"].get<std::string>());
       const json& want = image["results"][policy];
-      CaptionResult r = engine_->caption((kFixtures / image["image"].get<std::string>()).string());
+      CaptionResult r =
+          engine_->caption((kFixtures / image["image"].get<std::string>()).string(), call_);
       EXPECT_EQ(r.tokens, want["tokens"].get<std::vector<int64_t>>());
       EXPECT_EQ(r.caption, want["caption"].get<std::string>());
       EXPECT_NEAR(r.score, want["score"].get<double>(), 1e-4);
@@ -86,8 +88,8 @@ TEST_F(DefaultModelTest, FullDepthAnswersMostPairsRight) {
   int right = 0, total = 0;
   for (const json& pair : expected_["ve"]) {
     EntailmentResult r = engine_->entail((kFixtures / pair["image"].get<std::string>()).string(),
-                                         pair["premise"], pair["hypothesis"]);
-    right += r.label == pair["label"].get<std::string>();
+                                         pair["premise"], pair["hypothesis"], call_);
+    right += r.label_name() == pair["label"].get<std::string>();
     ++total;
   }
   EXPECT_GE(right * 2, total) << right << " of " << total << " right";  // chance: a third

@@ -24,9 +24,10 @@ class EngineTest : public ::testing::Test {
     if (coco_image(0).empty()) GTEST_SKIP() << "no COCO images under " << shared_dir();
     EngineOptions opt;
     opt.threads = 2;
+    opt.generation = GenerationSettings{};
+    opt.generation->beam_size = 3;
+    opt.generation->max_len = 6;
     engine_ = Engine::load(dir_.string(), opt);
-    engine_->generation().beam_size = 3;
-    engine_->generation().max_len = 6;
   }
   static inline std::filesystem::path dir_;
   static inline std::string skip_reason_;
@@ -40,6 +41,12 @@ ExitPolicy varied_policy() {
   p.exit_threshold_text = 0.9;
   p.exit_threshold_decoder = 0.9;
   return p;
+}
+
+CallOptions with_policy(const ExitPolicy& p) {
+  CallOptions call;
+  call.exit_policy = p;
+  return call;
 }
 
 TEST_F(EngineTest, CaptionsARealJpegAtFullDepth) {
@@ -59,14 +66,14 @@ TEST_F(EngineTest, CaptionsARealJpegAtFullDepth) {
 }
 
 TEST_F(EngineTest, BatchedCaptionsEqualBatchOne) {
-  engine_->set_exit_policy(varied_policy());
+  const CallOptions varied = with_policy(varied_policy());
   std::vector<PreparedImage> imgs;
   for (int i : {0, 5, 9}) imgs.push_back(engine_->prepare_image(coco_image(i).string()));
   std::vector<const PreparedImage*> ptrs{&imgs[0], &imgs[1], &imgs[2]};
-  std::vector<CaptionResult> batched = engine_->caption(ptrs);
+  std::vector<CaptionResult> batched = engine_->caption(ptrs, varied);
   for (size_t i = 0; i < imgs.size(); ++i) {
     engine_->clear_image_cache();
-    CaptionResult single = engine_->caption(imgs[i]);
+    CaptionResult single = engine_->caption(imgs[i], varied);
     EXPECT_EQ(single.tokens, batched[i].tokens) << "image " << i;
     EXPECT_NEAR(single.score, batched[i].score, 1e-5);
     EXPECT_EQ(single.exits.image_layers, batched[i].exits.image_layers);
@@ -76,21 +83,21 @@ TEST_F(EngineTest, BatchedCaptionsEqualBatchOne) {
 }
 
 TEST_F(EngineTest, EntailmentBatchesAndReusesTheImage) {
-  engine_->set_exit_policy(varied_policy());
+  const CallOptions varied = with_policy(varied_policy());
   PreparedImage a = engine_->prepare_image(coco_image(1).string());
   PreparedImage b = engine_->prepare_image(coco_image(2).string());
   std::vector<EntailmentQuery> queries{{&a, "a man rides a horse", "a person is outside"},
                                        {&b, "", "two dogs play"},
                                        {&a, "", "the sky is blue"},
                                        {&a, "a kitchen with a stove", "nobody is cooking"}};
-  std::vector<EntailmentResult> batched = engine_->entail(queries);
+  std::vector<EntailmentResult> batched = engine_->entail(queries, varied);
   EXPECT_TRUE(batched[2].exits.image_reused);  // same image as query 0, one image-stream pass
   for (size_t i = 0; i < queries.size(); ++i) {
     const EntailmentResult& r = batched[i];
     EXPECT_NEAR(r.p_entailment + r.p_neutral + r.p_contradiction, 1.0, 1e-9);
     engine_->clear_image_cache();
     EntailmentResult single =
-        engine_->entail(*queries[i].image, queries[i].premise, queries[i].hypothesis);
+        engine_->entail(*queries[i].image, queries[i].premise, queries[i].hypothesis, varied);
     EXPECT_FALSE(single.exits.image_reused);
     EXPECT_EQ(single.label, r.label);
     EXPECT_NEAR(single.p_entailment, r.p_entailment, 1e-5);
@@ -102,7 +109,7 @@ TEST_F(EngineTest, EntailmentBatchesAndReusesTheImage) {
     // reused as it was; only the summation order of the later kernels may differ with the
     // arena's addresses, hence a tolerance far below any decision).
     EntailmentResult again =
-        engine_->entail(*queries[i].image, queries[i].premise, queries[i].hypothesis);
+        engine_->entail(*queries[i].image, queries[i].premise, queries[i].hypothesis, varied);
     EXPECT_TRUE(again.exits.image_reused);
     EXPECT_EQ(again.label, single.label);
     EXPECT_NEAR(again.p_entailment, single.p_entailment, 1e-5);
@@ -115,8 +122,7 @@ TEST_F(EngineTest, FixedDepthsAreHonoured) {
   p.fixed_depth_image = 2;
   p.fixed_depth_text = 1;
   p.fixed_depth_decoder = 3;
-  engine_->set_exit_policy(p);
-  EntailmentResult r = engine_->entail(coco_image(4).string(), "", "a cat sleeps");
+  EntailmentResult r = engine_->entail(coco_image(4).string(), "", "a cat sleeps", with_policy(p));
   EXPECT_EQ(r.exits.image_layers, 2);
   EXPECT_EQ(r.exits.text_layers, 1);
   EXPECT_EQ(r.exits.decoder_layers, std::vector<int>{3});
@@ -160,12 +166,15 @@ TEST_F(EngineTest, BadInputIsRefusedWithTheReason) {
             std::string::npos);
   ExitPolicy bad;
   bad.exit_threshold_text = 1.5;
-  EXPECT_NE(message([&] { engine_->set_exit_policy(bad); }).find("exit_threshold_text"),
+  EXPECT_NE(message([&] { engine_->check_exit_policy(bad); }).find("exit_threshold_text"),
             std::string::npos);
-  const ExitPolicy original = engine_->exit_policy();
+  EXPECT_NE(message([&] {
+              engine_->caption(coco_image(0).string(), with_policy(bad));
+            }).find("exit_threshold_text"),
+            std::string::npos);
   ExitPolicy too_deep;
   too_deep.fixed_depth_decoder = engine_->config().decoder_layers + 1;
-  const std::string deep = message([&] { engine_->set_exit_policy(too_deep); });
+  const std::string deep = message([&] { engine_->check_exit_policy(too_deep); });
   EXPECT_NE(deep.find("fixed_depth_decoder = " + std::to_string(too_deep.fixed_depth_decoder) +
                       " exceeds the model's " + std::to_string(engine_->config().decoder_layers) +
                       " decoder layers"),
@@ -173,11 +182,22 @@ TEST_F(EngineTest, BadInputIsRefusedWithTheReason) {
       << deep;
   ExitPolicy at_depth;  // the model's own depth is a valid fixed depth
   at_depth.fixed_depth_image = engine_->config().encoder_layers;
-  EXPECT_EQ(message([&] { engine_->set_exit_policy(at_depth); }), "");
-  engine_->set_exit_policy(original);
+  EXPECT_EQ(message([&] { engine_->check_exit_policy(at_depth); }), "");
   PreparedImage img = engine_->prepare_image(coco_image(0).string());
   EXPECT_NE(message([&] { engine_->entail(img, "", "  "); }).find("hypothesis is empty"),
             std::string::npos);
+  const std::string cleaned = message([&] { engine_->entail(img, "", "...!!!"); });
+  EXPECT_NE(cleaned.find("\"...!!!\" is empty after OFA's text cleaning"), std::string::npos)
+      << cleaned;
+  CallOptions no_beams;
+  no_beams.generation = engine_->default_generation();
+  no_beams.generation->beam_size = 0;
+  const std::string beams = message([&] { engine_->caption(img, no_beams); });
+  EXPECT_NE(beams.find("beam_size must be at least 1, got 0"), std::string::npos) << beams;
+  EngineOptions negative;
+  negative.workers = -1;
+  const std::string workers = message([&] { Engine::load(dir_.string(), negative); });
+  EXPECT_NE(workers.find("workers = -1 is negative"), std::string::npos) << workers;
   EXPECT_NE(message([&] { Engine::load("/nonexistent/model"); }).find("/nonexistent/model"),
             std::string::npos);
 }

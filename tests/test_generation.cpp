@@ -14,7 +14,7 @@ constexpr double kTolerance = 1e-4;
 struct ExitCase {
   ParityCase base;
   ExitPolicy policy;
-  GenerationOptions generation;
+  GenerationSettings generation;
   nlohmann::json info;
 };
 
@@ -55,9 +55,9 @@ Outcome run(OfaModel& model, const ExitCase& c, const Tensor& images, const Tens
   ExitController ctl(c.policy);
   int enc_layers = model.num_encoder_layers(), dec_layers = model.num_decoder_layers();
   Outcome o;
-  o.enc = model.encode(images, src, ctl.test_for(ExitStack::kImage, enc_layers),
-                       ctl.test_for(ExitStack::kText, enc_layers));
-  o.ve_logits = model.decode_full(o.enc, prev, ctl.test_for(ExitStack::kDecoder, dec_layers),
+  o.enc = model.encode(images, src, ctl.decision(ExitStack::kImage, enc_layers),
+                       ctl.decision(ExitStack::kText, enc_layers));
+  o.ve_logits = model.decode_full(o.enc, prev, ctl.decision(ExitStack::kDecoder, dec_layers),
                                   &o.ve_layers, true);
   for (auto mode : {SkippedLayerCache::kPropagate, SkippedLayerCache::kReference}) {
     ExitPolicy p = c.policy;

@@ -93,12 +93,15 @@ TEST(TrainingTool, TwoProcessesTrainSaveAndExportAModelTheEngineRuns) {
   EXPECT_EQ(engine->config().d_model, 64);
   const std::string image = (shipped / "example.png").string();
   const EntailmentResult e = engine->entail(image, "there is a red bag", "there are two items");
-  EXPECT_TRUE(e.label == "entailment" || e.label == "neutral" || e.label == "contradiction")
-      << e.label;
+  EXPECT_TRUE(e.label == EntailmentLabel::kEntailment || e.label == EntailmentLabel::kNeutral ||
+              e.label == EntailmentLabel::kContradiction)
+      << e.label_name();
   EXPECT_NEAR(e.p_entailment + e.p_neutral + e.p_contradiction, 1.0, 1e-5);
-  engine->generation().beam_size = 2;
-  engine->generation().max_len = 4;
-  const CaptionResult c = engine->caption(image);
+  CallOptions short_search;
+  short_search.generation = engine->default_generation();
+  short_search.generation->beam_size = 2;
+  short_search.generation->max_len = 4;
+  const CaptionResult c = engine->caption(image, short_search);
   EXPECT_FALSE(c.tokens.empty());
   EXPECT_LE(c.tokens.size(), 5u);
   std::filesystem::remove_all(scratch);

@@ -10,6 +10,27 @@ namespace mue {
 
 enum class EncoderMode { kJoint, kDecomposed };
 
+// The tokenizer's files, relative to the model directory ("tokenizer" in config.json).
+struct TokenizerFiles {
+  std::string encoder_json = "encoder.json", vocab_bpe = "vocab.bpe", dict = "dict.txt";
+  bool ofa_extra_tokens = true;  // the <code_*> and <bin_*> ids after the BPE vocabulary
+};
+
+// "tasks.caption": the prompt and the generation defaults (OFA's, spec 2.2).
+struct CaptionTaskConfig {
+  std::string prompt = " what does the image describe?";
+  int beam_size = 5, max_len = 16, min_len = 1, no_repeat_ngram_size = 3;
+  double length_penalty = 1.0;
+};
+
+// "tasks.entailment": prompts with {premise} and {hypothesis}, and the one-token answers in the
+// order entailment, neutral, contradiction (spec 2.1).
+struct EntailmentTaskConfig {
+  std::string prompt = " can image and text1 \" {premise} \" imply text2 \" {hypothesis} \"?";
+  std::string prompt_without_premise = " does the image describe \" {hypothesis} \"?";
+  std::array<std::string, 3> answers{" yes", " maybe", " no"};
+};
+
 struct ModelConfig {
   std::string name;
   int d_model = 0;
@@ -32,7 +53,10 @@ struct ModelConfig {
   std::array<float, 3> image_mean{0.5f, 0.5f, 0.5f};
   std::array<float, 3> image_std{0.5f, 0.5f, 0.5f};
   int bos_id = 0, pad_id = 1, eos_id = 2, unk_id = 3;
-  nlohmann::json raw;  // the whole file, for task-level settings (prompts, tokenizer)
+  bool normformer = true;  // NormFormer's extra LayerNorms and head scales (spec 3.5)
+  TokenizerFiles tokenizer;
+  CaptionTaskConfig caption;
+  EntailmentTaskConfig entailment;
 
   int head_dim() const { return d_model / attention_heads; }
   int image_feature_channels() const { return 16 * resnet_width; }

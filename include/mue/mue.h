@@ -1,17 +1,30 @@
-// mue: the public API. Load a model directory, set threads and the exit policy, then caption
-// images and answer visual-entailment queries; every result carries its exit statistics and
-// the wall-clock time of each stage.
+// mue: the public API. Load a model directory once, then caption images and answer
+// visual-entailment queries; every result carries its exit statistics and the wall-clock time of
+// each stage.
 //
-//   auto engine = mue::Engine::load("models/mue-scenes-small");
-//   engine->set_exit_policy(mue::ExitPolicy::load("policy.json"));
+//   mue::EngineOptions options;
+//   options.exit_policy = mue::ExitPolicy::load("policy.json");   // the engine's default
+//   auto engine = mue::Engine::load("models/mue-scenes-small", options);
 //   mue::CaptionResult c = engine->caption("scene.png");
-//   mue::EntailmentResult e = engine->entail("scene.png", "", "there is a red shirt");
+//   mue::CallOptions full;                                          // per call: overrides
+//   full.exit_policy = mue::ExitPolicy::full_depth();
+//   mue::EntailmentResult e = engine->entail("scene.png", "", "there is a red shirt", full);
+//
+// Threads: a loaded Engine is immutable apart from its image cache (which has its own lock), so
+// one Engine serves any number of threads calling caption/entail/prepare_image at once. Each
+// call brings its own scratch memory and runs with EngineOptions::threads OpenMP threads on the
+// thread that executes it. With EngineOptions::workers > 0 the calls run on the Engine's own
+// worker threads instead (one single-threaded sample at a time per worker, sharing the weights),
+// which gives the most throughput when many calls are in flight. Results do not depend on which
+// thread ran them or on what ran before: a call gives the same bits as the same call made alone
+// (at the same thread count).
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,15 +34,36 @@
 
 namespace mue {
 
-class OfaModel;
-class Tokenizer;
-class ImageEncodingCache;
+// Beam-search settings for captioning (fairseq's SequenceGenerator, spec 2.2).
+struct GenerationSettings {
+  int beam_size = 5;  // 1 = greedy
+  int max_len = 16;   // generated tokens before the forced EOS
+  int min_len = 1;    // EOS is banned before this many tokens
+  int no_repeat_ngram_size = 3;
+  double length_penalty = 1.0;  // final score = sum log p / length^penalty
+  // Throws mue::Error naming the field and the reason.
+  void validate() const;
+  nlohmann::json to_json() const;
+};
 
 struct EngineOptions {
-  int threads = 0;  // 0: all cores
+  // OpenMP threads for one call (each call, whichever thread runs it). 0: all cores, or with
+  // workers, the cores divided among the workers.
+  int threads = 0;
+  // 0: calls run on the calling thread. N > 0: N worker threads run the calls' samples, each
+  // sample on one worker (as CTranslate2's inter_threads); a batch is spread over the workers.
+  int workers = 0;
+  // Defaults for calls that do not pass their own.
   ExitPolicy exit_policy;
+  std::optional<GenerationSettings> generation;  // unset: the model config's caption settings
   size_t image_cache_bytes = size_t{256} << 20;  // decomposed mode: image-side reuse, 0 = off
   int64_t max_image_pixels = int64_t{64} << 20;  // larger images are refused
+};
+
+// Per-call overrides of the engine's defaults.
+struct CallOptions {
+  std::optional<ExitPolicy> exit_policy;
+  std::optional<GenerationSettings> generation;  // captioning only
 };
 
 // Wall-clock seconds per stage. In a batch, each sample carries the batch's time divided by
@@ -63,12 +97,17 @@ struct CaptionResult {
   nlohmann::json to_json() const;
 };
 
+enum class EntailmentLabel { kEntailment = 0, kNeutral = 1, kContradiction = 2 };
+// "entailment", "neutral", "contradiction".
+const char* entailment_label_name(EntailmentLabel label);
+
 struct EntailmentResult {
-  std::string label;  // "entailment", "neutral" or "contradiction"
+  EntailmentLabel label = EntailmentLabel::kNeutral;
   // Probabilities over the three answers (softmax of their logits at the answer position).
   double p_entailment = 0, p_neutral = 0, p_contradiction = 0;
   ExitStatistics exits;
   StageSeconds seconds;
+  const char* label_name() const { return entailment_label_name(label); }
   nlohmann::json to_json() const;
 };
 
@@ -86,64 +125,59 @@ struct EntailmentQuery {
   std::string hypothesis;
 };
 
-struct GenerationSettings {
-  int beam_size = 5, max_len = 16, min_len = 1, no_repeat_ngram_size = 3;
-  double length_penalty = 1.0;
+struct ImageCacheStats {
+  size_t hits = 0, entries = 0, bytes = 0;
 };
 
 class Engine {
  public:
-  // Loads config.json, model.safetensors and the tokenizer files from `model_dir`.
+  // Loads config.json, model.safetensors and the tokenizer files from `model_dir`. Checks the
+  // options (the default exit policy against the model's depth, the generation settings).
   static std::unique_ptr<Engine> load(const std::string& model_dir,
                                       const EngineOptions& options = {});
   ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
 
   const ModelConfig& config() const;
-  void set_threads(int n);
-  void set_exit_policy(const ExitPolicy& policy);
-  const ExitPolicy& exit_policy() const { return policy_; }
-  GenerationSettings& generation() { return generation_; }
+  const EngineOptions& options() const;
+  // The defaults calls use when their CallOptions leave a field unset.
+  const ExitPolicy& default_exit_policy() const;
+  const GenerationSettings& default_generation() const;
+  // Throws mue::Error naming the field if `policy` is invalid or deeper than the model.
+  void check_exit_policy(const ExitPolicy& policy) const;
 
   PreparedImage prepare_image(const std::string& path) const;
   PreparedImage prepare_image(const uint8_t* data, size_t size, const std::string& name) const;
 
-  CaptionResult caption(const std::string& image_path);
-  CaptionResult caption(const PreparedImage& image);
-  std::vector<CaptionResult> caption(const std::vector<const PreparedImage*>& images);
+  CaptionResult caption(const std::string& image_path, const CallOptions& call = {}) const;
+  CaptionResult caption(const PreparedImage& image, const CallOptions& call = {}) const;
+  std::vector<CaptionResult> caption(const std::vector<const PreparedImage*>& images,
+                                     const CallOptions& call = {}) const;
 
   EntailmentResult entail(const std::string& image_path, const std::string& premise,
-                          const std::string& hypothesis);
+                          const std::string& hypothesis, const CallOptions& call = {}) const;
   EntailmentResult entail(const PreparedImage& image, const std::string& premise,
-                          const std::string& hypothesis);
+                          const std::string& hypothesis, const CallOptions& call = {}) const;
   // Queries on the same image share one image-stream pass (decomposed mode).
-  std::vector<EntailmentResult> entail(const std::vector<EntailmentQuery>& queries);
+  std::vector<EntailmentResult> entail(const std::vector<EntailmentQuery>& queries,
+                                       const CallOptions& call = {}) const;
 
-  // Image-side reuse statistics.
-  size_t image_cache_hits() const;
-  size_t image_cache_entries() const;
-  void clear_image_cache();
+  // Image-side reuse (decomposed mode): statistics, and emptying the cache (benchmarks do, so
+  // that every setting pays for its own image passes).
+  ImageCacheStats image_cache_stats() const;
+  void clear_image_cache() const;
 
   // The prompt tokens the tasks feed the encoder (BOS ... EOS).
   std::vector<int64_t> caption_prompt() const;
   std::vector<int64_t> entailment_prompt(const std::string& premise,
                                          const std::string& hypothesis) const;
   std::string decode_tokens(const std::vector<int64_t>& tokens) const;
-  OfaModel& model() { return *model_; }
 
  private:
-  Engine() = default;
-  struct EncodedBatch;
-  EncodedBatch encode_batch(const std::vector<const PreparedImage*>& images,
-                            const std::vector<std::vector<int64_t>>& prompts);
-
-  std::unique_ptr<OfaModel> model_;
-  std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<ImageEncodingCache> cache_;
-  ExitPolicy policy_;
-  EngineOptions options_;
-  GenerationSettings generation_;
-  std::string caption_prompt_text_, entailment_prompt_text_, entailment_prompt_no_premise_;
-  std::array<int64_t, 3> answer_ids_{};  // entailment, neutral, contradiction
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace mue

@@ -65,4 +65,23 @@ size_t Arena::capacity() const {
   return c;
 }
 
+ArenaPool::Lease ArenaPool::acquire() {
+  std::unique_ptr<Arena> arena;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!free_.empty()) {
+      arena = std::move(free_.back());
+      free_.pop_back();
+    }
+  }
+  if (!arena) arena = std::make_unique<Arena>();
+  return Lease(*this, std::move(arena));
+}
+
+void ArenaPool::give_back(std::unique_ptr<Arena> arena) {
+  arena->reset();
+  std::lock_guard<std::mutex> lock(mutex_);
+  free_.push_back(std::move(arena));
+}
+
 }  // namespace mue

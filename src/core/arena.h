@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "mue/tensor.h"
@@ -66,6 +67,47 @@ class ArenaScope {
  private:
   Arena& arena_;
   Arena::Mark mark_;
+};
+
+// A call's scratch: the caller's arena when it gives one, else an arena of the call's own; what
+// the call allocates is freed when it ends.
+class CallScratch {
+ public:
+  explicit CallScratch(Arena* given) : arena_(given ? given : &own_), scope_(*arena_) {}
+  CallScratch(const CallScratch&) = delete;
+  CallScratch& operator=(const CallScratch&) = delete;
+  Arena& operator*() { return *arena_; }
+
+ private:
+  Arena own_;
+  Arena* arena_;
+  ArenaScope scope_;
+};
+
+// Arenas lent to calls: every concurrent call gets scratch memory of its own, and an arena goes
+// back to the pool (keeping its grown block) when the call ends.
+class ArenaPool {
+ public:
+  class Lease {
+   public:
+    Lease(ArenaPool& pool, std::unique_ptr<Arena> arena) : pool_(&pool), arena_(std::move(arena)) {}
+    Lease(Lease&&) noexcept = default;
+    ~Lease() {
+      if (arena_) pool_->give_back(std::move(arena_));
+    }
+    Arena& operator*() const { return *arena_; }
+    Arena* get() const { return arena_.get(); }
+
+   private:
+    ArenaPool* pool_;
+    std::unique_ptr<Arena> arena_;
+  };
+  Lease acquire();
+
+ private:
+  void give_back(std::unique_ptr<Arena> arena);
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Arena>> free_;
 };
 
 }  // namespace mue

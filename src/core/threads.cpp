@@ -1,18 +1,76 @@
-#include <omp.h>
+#include "core/threads.h"
 
-#include <thread>
+#include <omp.h>
+#include <sched.h>
 
 #include "mue/runtime.h"
 
 namespace mue {
 
+int hardware_threads() {
+  // The affinity mask, not the machine's core count: a container or taskset may allow fewer.
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
 void set_num_threads(int n) {
-  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-  if (n <= 0) n = 1;
   // oneDNN in Debian is built on OpenMP, so one setting governs both.
-  omp_set_num_threads(n);
+  omp_set_num_threads(n > 0 ? n : hardware_threads());
 }
 
 int num_threads() { return omp_get_max_threads(); }
+
+ThreadCountScope::ThreadCountScope(int threads) : previous_(omp_get_max_threads()) {
+  if (threads > 0 && threads != previous_) omp_set_num_threads(threads);
+}
+
+ThreadCountScope::~ThreadCountScope() {
+  if (omp_get_max_threads() != previous_) omp_set_num_threads(previous_);
+}
+
+WorkerPool::WorkerPool(int workers, int threads_per_worker) {
+  for (int i = 0; i < workers; ++i)
+    threads_.emplace_back([this, threads_per_worker] { run(threads_per_worker); });
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  ready_.notify_all();
+  for (std::thread& t : threads_) t.join();
+}
+
+std::future<void> WorkerPool::submit(std::function<void()> job) {
+  std::packaged_task<void()> task(std::move(job));
+  std::future<void> done = task.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(task));
+  }
+  ready_.notify_one();
+  return done;
+}
+
+void WorkerPool::run(int threads_per_worker) {
+  omp_set_num_threads(threads_per_worker > 0 ? threads_per_worker : 1);
+  for (;;) {
+    std::packaged_task<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and nothing left
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
 
 }  // namespace mue

@@ -54,16 +54,15 @@ bool gemm(char trans_b, int64_t m, int64_t n, int64_t k, float alpha, const floa
          dnnl::status::success;
 }
 
+// Per-thread scratch of the work items, aligned (see detail::AlignedScratch for why).
 float* thread_scores(int64_t size) {
-  thread_local std::vector<float> scores;
-  if (static_cast<int64_t>(scores.size()) < size) scores.resize(size);
-  return scores.data();
+  thread_local detail::AlignedScratch scores;
+  return static_cast<float*>(scores.get(static_cast<size_t>(size) * sizeof(float)));
 }
 
 float* thread_row_factors(int64_t rows) {
-  thread_local std::vector<float> factors;
-  if (static_cast<int64_t>(factors.size()) < rows) factors.resize(rows);
-  return factors.data();
+  thread_local detail::AlignedScratch factors;
+  return static_cast<float*>(factors.get(static_cast<size_t>(rows) * sizeof(float)));
 }
 
 // The query rows one work item handles. Normally rows [row_begin, row_begin + rows) of one batch

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <vector>
@@ -34,11 +35,37 @@ inline dnnl::primitive_attr user_scratchpad_attr() {
   return attr;
 }
 
+// Per-thread scratch that only grows, always 64-byte aligned: a vector's malloc'd alignment
+// varies with the thread's history, and with it where vectorised loops start their aligned
+// packets, which changes the last bits of sums. Aligned scratch keeps results independent of
+// which thread runs a call and what it ran before.
+class AlignedScratch {
+ public:
+  AlignedScratch() = default;
+  AlignedScratch(const AlignedScratch&) = delete;
+  AlignedScratch& operator=(const AlignedScratch&) = delete;
+  ~AlignedScratch() { std::free(data_); }
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      size_t size = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+      void* p = std::aligned_alloc(kAlignment, size);
+      if (!p)
+        throw Error("kernel scratch: out of memory allocating " + std::to_string(size) + " bytes");
+      std::free(data_);
+      data_ = p;
+      size_ = size;
+    }
+    return data_;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 inline dnnl::memory thread_scratchpad(const dnnl::memory::desc& desc) {
-  thread_local std::vector<uint8_t> buffer;
-  const size_t size = desc.get_size();
-  if (buffer.size() < size) buffer.resize(size);
-  return dnnl::memory(desc, cpu_engine(), buffer.data());
+  thread_local AlignedScratch buffer;
+  return dnnl::memory(desc, cpu_engine(), buffer.get(desc.get_size()));
 }
 
 // oneDNN primitives may be tuned to the thread count they were created under, so caches key on it.

@@ -115,6 +115,12 @@ class Conv2d {
 void max_pool_3x3_s2(const float* x, int64_t n, int64_t h, int64_t w, int64_t c, float* y);
 int64_t max_pool_3x3_s2_extent(int64_t in_extent);
 
+// bias[h, i, j] += dot(q[i, h*dh:(h+1)*dh], k[j, h*dh:(h+1)*dh]) over rows of q [tq, heads*dh]
+// and k [tk, heads*dh] (q already scaled): OFA's absolute-position attention bias (spec 3.4).
+// bias is [heads, tq, tk] with row stride `ld`.
+void add_projected_position_bias(const float* q, const float* k, int64_t tq, int64_t tk,
+                                 int64_t heads, int64_t head_dim, float* bias, int64_t ld);
+
 // fp32 cosine similarity of two vectors, accumulated in double. Zero vectors give 0.
 double cosine_similarity(const float* a, const float* b, int64_t n);
 

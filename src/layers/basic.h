@@ -5,7 +5,7 @@
 #include <string>
 
 #include "kernels/kernels.h"
-#include "model/weights.h"
+#include "io/weights.h"
 
 namespace mue {
 

@@ -1,6 +1,5 @@
 #include "layers/position.h"
 
-#include <Eigen/Dense>
 #include <cmath>
 
 namespace mue {
@@ -33,22 +32,6 @@ std::vector<int64_t> image_position_ids(int64_t grid_h, int64_t grid_w, int64_t 
   for (int64_t r = 0; r < grid_h; ++r)
     for (int64_t c = 0; c < grid_w; ++c) ids[r * grid_w + c] = r * bucket_size + c + 1;
   return ids;
-}
-
-void add_projected_position_bias(const float* q, const float* k, int64_t tq, int64_t tk,
-                                 int64_t heads, int64_t head_dim, float* bias, int64_t ld) {
-  using Strided =
-      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
-                 Eigen::OuterStride<>>;
-  using Out = Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
-                         Eigen::OuterStride<>>;
-  int64_t d = heads * head_dim;
-  for (int64_t h = 0; h < heads; ++h) {
-    Strided qh(q + h * head_dim, tq, head_dim, Eigen::OuterStride<>(d));
-    Strided kh(k + h * head_dim, tk, head_dim, Eigen::OuterStride<>(d));
-    Out out(bias + h * tq * ld, tq, tk, Eigen::OuterStride<>(ld));
-    out.noalias() += qh * kh.transpose();
-  }
 }
 
 }  // namespace mue

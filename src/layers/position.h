@@ -1,5 +1,5 @@
 // OFA's position machinery (spec 3.4): relative-position buckets, the per-layer relative bias
-// tables, and the absolute-position attention bias built from projected position embeddings.
+// tables. The absolute-position bias itself is kernels::add_projected_position_bias.
 #pragma once
 
 #include <cstdint>
@@ -19,10 +19,5 @@ int64_t image_rel_bucket(int64_t r1, int64_t c1, int64_t r2, int64_t c2, int64_t
 
 // Image position ids r*bucket+c+1 for an h x w grid, row-major.
 std::vector<int64_t> image_position_ids(int64_t grid_h, int64_t grid_w, int64_t bucket_size);
-
-// bias[h, i, j] += dot(q[i, h*dh:(h+1)*dh], k[j, h*dh:(h+1)*dh]) over rows of q [tq, heads*dh]
-// and k [tk, heads*dh] (q already scaled). bias is [heads, tq, tk] with row stride `ld`.
-void add_projected_position_bias(const float* q, const float* k, int64_t tq, int64_t tk,
-                                 int64_t heads, int64_t head_dim, float* bias, int64_t ld);
 
 }  // namespace mue

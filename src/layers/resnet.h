@@ -8,7 +8,7 @@
 
 #include "core/arena.h"
 #include "kernels/kernels.h"
-#include "model/weights.h"
+#include "io/weights.h"
 
 namespace mue {
 

@@ -181,11 +181,14 @@ bool ExitController::can_exit(ExitStack stack) const {
   return fixed > 0 || uses_similarity(stack);
 }
 
-ExitTest ExitController::test_for(ExitStack stack, int num_layers) const {
-  if (!can_exit(stack)) return nullptr;
-  return [this, stack, num_layers](int layer, int64_t, double cosine) {
-    return should_exit(stack, layer, num_layers, cosine);
-  };
+ExitDecision ExitController::decision(ExitStack stack, int num_layers, int step,
+                                      int max_len) const {
+  if (!can_exit(stack)) return {};
+  return ExitDecision(
+      [this, stack, num_layers, step, max_len](int layer, int64_t, double cosine) {
+        return should_exit(stack, layer, num_layers, cosine, step, max_len);
+      },
+      uses_similarity(stack));
 }
 
 bool ExitController::should_exit(ExitStack stack, int layer, int num_layers, double cosine,

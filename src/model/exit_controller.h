@@ -3,10 +3,10 @@
 // knows thresholds, schedules and statistics, and nothing about attention.
 #pragma once
 
-#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <vector>
+#include <utility>
 
 #include "mue/exit_policy.h"
 
@@ -14,10 +14,28 @@ namespace mue {
 
 enum class ExitStack { kImage = 0, kText = 1, kDecoder = 2 };
 
-// Per-layer exit test, called after every layer of a stack with each active sample's cosine
-// similarity between the layer's output and input; returns true to stop that sample there.
-// `layer` is 0-based; `sample` is the sample's index in the call's batch.
-using ExitTest = std::function<bool(int layer, int64_t sample, double cosine)>;
+// The exit loop's one decision callback: after layer `layer` (0-based, never the last) of a
+// stack, should exit group `group` stop there? `cosine` is cos(output, input) over the group's
+// unpadded elements; the loop computes it only when needs_cosine() (fixed depths need none).
+// Empty: the stack runs to full depth.
+class ExitDecision {
+ public:
+  using Rule = std::function<bool(int layer, int64_t group, double cosine)>;
+  ExitDecision() = default;
+  ExitDecision(std::nullptr_t) {}  // NOLINT: "no exits", as a function pointer would say
+  explicit ExitDecision(Rule rule, bool needs_cosine = true)
+      : rule_(std::move(rule)), needs_cosine_(needs_cosine) {}
+
+  explicit operator bool() const { return static_cast<bool>(rule_); }
+  bool needs_cosine() const { return needs_cosine_; }
+  bool operator()(int layer, int64_t group, double cosine) const {
+    return rule_(layer, group, cosine);
+  }
+
+ private:
+  Rule rule_;
+  bool needs_cosine_ = true;
+};
 
 class ExitController {
  public:
@@ -35,9 +53,10 @@ class ExitController {
   bool uses_similarity(ExitStack stack) const;
   // Whether the stack can stop early at all (a threshold below 1 or a fixed depth).
   bool can_exit(ExitStack stack) const;
-  // The stack's test for a single pass (static decoder threshold), or null for full depth.
-  // The controller must outlive the returned function.
-  ExitTest test_for(ExitStack stack, int num_layers) const;
+  // The stack's decision for its exit loop, or an empty one for full depth. `step`/`max_len`:
+  // the decoding step of incremental generation (its threshold schedule); a negative step is a
+  // single pass (static threshold). The controller must outlive the returned decision.
+  ExitDecision decision(ExitStack stack, int num_layers, int step = -1, int max_len = 0) const;
 
  private:
   ExitPolicy policy_;

@@ -1,8 +1,11 @@
 // The OFA encoder-decoder (spec 3): image backbone, encoder in joint or decomposed (MuE) mode,
 // and the decoder run over whole sequences or incrementally with a preallocated KV cache.
+// Loaded once and immutable after: every method is const and may be called from many threads
+// at once; a call's scratch memory comes from the Arena it is given (or one of its own).
+// Implemented in ofa_model.cpp (loading, positions), encoder.cpp and decoder.cpp; every stack
+// runs through run_with_exits (exit_loop.h).
 #pragma once
 
-#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -11,34 +14,16 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "core/timing.h"
 #include "layers/basic.h"
 #include "layers/resnet.h"
 #include "layers/transformer.h"
 #include "model/exit_controller.h"
+#include "model/kv_cache.h"
 #include "mue/config.h"
 #include "mue/exit_policy.h"
 
 namespace mue {
-
-// Wall-clock seconds per stage, accumulated by the calls that receive it.
-struct StageTimes {
-  double resnet = 0, image_stream = 0, text_stream = 0, decoder = 0;
-};
-
-class Stopwatch {
- public:
-  Stopwatch() : start_(std::chrono::steady_clock::now()) {}
-  // Seconds since construction or the previous lap.
-  double lap() {
-    auto now = std::chrono::steady_clock::now();
-    double s = std::chrono::duration<double>(now - start_).count();
-    start_ = now;
-    return s;
-  }
-
- private:
-  std::chrono::steady_clock::time_point start_;
-};
 
 // The decomposed encoder's image stream output (before the encoder's final LayerNorm): it never
 // sees the text, so it can be computed once and reused for many queries on the same image.
@@ -57,23 +42,23 @@ struct EncoderOutput {
   std::vector<int> image_layers, text_layers;  // layers each sample used per stream
 };
 
-// Decoder KV cache: self-attention K/V preallocated per layer as [rows, heads, max_len, head_dim]
-// with a per-layer, per-row fill count (early exits leave skipped layers behind in `reference`
-// mode); cross-attention K/V once per encode as [batch, S, d]. The rows of one source sample
-// (its beams) are consecutive: a "group", which takes one exit decision per step (spec 1.3).
+// Incremental decoding state: the self-attention cache, and cross-attention K/V for every
+// layer computed once per encode as [batch, S, d] (as whisper.cpp does, so that a layer skipped
+// by an early exit never lacks them later). The rows of one source sample (its beams) are
+// consecutive: a group, which takes one exit decision per step (spec 1.3).
 struct DecoderState {
-  int64_t rows = 0;
   int64_t max_len = 0;
-  int64_t step = 0;                          // position of the next token
-  std::vector<int64_t> row_sample;           // encoder sample of each row
-  std::vector<Tensor> self_k, self_v;        // per layer [capacity, heads, max_len, head_dim]
-  std::vector<std::vector<int64_t>> filled;  // [layer][row]
-  std::vector<Tensor> cross_k, cross_v;      // per layer [batch, S, d]
+  int64_t step = 0;                 // position of the next token
+  std::vector<int64_t> row_sample;  // encoder sample of each row
+  KvCache self;
+  std::vector<Tensor> cross_k, cross_v;  // per layer [batch, S, d]
   const EncoderOutput* encoder = nullptr;
-};
 
-// Decoder exit test for one group at one step: true stops the group after `layer`.
-using GroupExitTest = std::function<bool(int layer, int64_t group, double cosine)>;
+  int64_t rows() const { return self.rows(); }
+  // Beam bookkeeping: row i of the new state is row src_rows[i] of the old one (rows may repeat
+  // or disappear; each sample's rows must stay consecutive).
+  void reorder_rows(const std::vector<int64_t>& src_rows);
+};
 
 class OfaModel {
  public:
@@ -84,43 +69,42 @@ class OfaModel {
   const ModelConfig& config() const { return config_; }
 
   // images: [B, H, W, 3] fp32 NHWC, normalised; src_tokens: [B, L] int64, right-padded.
-  // Exit tests (may be null: full depth) per stream; in joint mode only `text_exit` applies,
-  // to the joint stack.
+  // Exit decisions (empty: full depth) per stream; in joint mode only `text_exit` applies, to
+  // the joint stack. `arena`: the call's scratch (null: the call makes its own).
   EncoderOutput encode(const Tensor& images, const Tensor& src_tokens,
-                       const ExitTest& image_exit = nullptr, const ExitTest& text_exit = nullptr,
-                       StageTimes* times = nullptr);
+                       const ExitDecision& image_exit = {}, const ExitDecision& text_exit = {},
+                       StageTimes* times = nullptr, Arena* arena = nullptr) const;
   // Decomposed mode in two parts: the image stream alone, then the text stream joined with
   // image encodings (sample b uses image sample image_index[b], counted across `images`).
-  ImageEncoding encode_images(const Tensor& images, const ExitTest& image_exit = nullptr,
-                              StageTimes* times = nullptr);
+  ImageEncoding encode_images(const Tensor& images, const ExitDecision& image_exit = {},
+                              StageTimes* times = nullptr, Arena* arena = nullptr) const;
   EncoderOutput encode_text(const std::vector<const ImageEncoding*>& images,
                             const std::vector<int64_t>& image_index, const Tensor& src_tokens,
-                            const ExitTest& text_exit = nullptr, StageTimes* times = nullptr);
+                            const ExitDecision& text_exit = {}, StageTimes* times = nullptr,
+                            Arena* arena = nullptr) const;
 
   // Image features after the ResNet: [B, P, C] (exposed for tests and benchmarks).
-  Tensor image_features(const Tensor& images);
+  Tensor image_features(const Tensor& images, Arena* arena = nullptr) const;
 
   // Whole-sequence decoder (causal): prev_tokens [B, T] right-padded -> logits [B, T, V].
-  // `decoder_exit` (may be null) is tested per sample over its valid positions.
-  // With `last_position_only`, returns [B, V]: the logits at each sample's last valid position.
+  // `decoder_exit` decides per sample over its valid positions; `decoder_layers` (optional)
+  // receives the layers each sample used. With `last_position_only`, returns [B, V]: the logits
+  // at each sample's last valid position.
   Tensor decode_full(const EncoderOutput& enc, const Tensor& prev_tokens,
-                     const ExitTest& decoder_exit = nullptr,
-                     std::vector<int>* decoder_layers = nullptr, bool last_position_only = false);
+                     const ExitDecision& decoder_exit = {},
+                     std::vector<int>* decoder_layers = nullptr, bool last_position_only = false,
+                     Arena* arena = nullptr) const;
 
   // Incremental decoding: start with `beams` rows per sample, then one token per row per step
-  // -> logits [rows, V]. `group_layers` (optional) receives the layers each group used.
-  DecoderState start_decoding(const EncoderOutput& enc, int64_t beams, int64_t max_len);
+  // -> logits [rows, V]. The decision is asked per group (a sample's beams); `group_layers`
+  // (optional) receives the layers each group used.
+  DecoderState start_decoding(const EncoderOutput& enc, int64_t beams, int64_t max_len) const;
   Tensor decode_step(DecoderState& state, const std::vector<int64_t>& tokens,
-                     const GroupExitTest& exit_test = nullptr,
+                     const ExitDecision& exit = {},
                      SkippedLayerCache skipped = SkippedLayerCache::kPropagate,
-                     std::vector<int>* group_layers = nullptr);
-  // Beam bookkeeping: row i of the new state is row src_rows[i] of the old one (rows may repeat
-  // or disappear; each sample's rows must stay consecutive).
-  void reorder_rows(DecoderState& state, const std::vector<int64_t>& src_rows) const;
+                     std::vector<int>* group_layers = nullptr, Arena* arena = nullptr) const;
   int num_decoder_layers() const { return static_cast<int>(dec_layers_.size()); }
   int num_encoder_layers() const { return static_cast<int>(enc_layers_.size()); }
-
-  Arena& arena() { return arena_; }
 
  private:
   OfaModel() = default;
@@ -132,18 +116,24 @@ class OfaModel {
     Tensor cross_pos_k;               // [P, D] decoder.cross_pos_k_linear(image_pos_ln(...))
     std::vector<int64_t> rows, cols;  // grid coordinates of each patch
   };
-  const ImageGridCache& image_grid(int64_t gh, int64_t gw);
+  // Built on first use per grid size; entries are never removed, so references stay valid.
+  const ImageGridCache& image_grid(int64_t gh, int64_t gw) const;
   void embed_images(const Tensor& images, float* out, int64_t* grid_h, int64_t* grid_w,
-                    StageTimes* times);
+                    StageTimes* times, Arena& arena) const;
   std::vector<uint8_t> text_padding(const Tensor& src_tokens) const;
-  void embed_text(const Tensor& src_tokens, const std::vector<uint8_t>& pad, float* out);
+  void embed_text(const Tensor& src_tokens, const std::vector<uint8_t>& pad, float* out) const;
   EncoderOutput make_encoder_output(int64_t batch, int64_t p, int64_t l, const ImageGridCache& grid,
                                     const std::vector<uint8_t>& text_pad) const;
-  void run_stack(float* x, int64_t batch, int64_t t, const uint8_t* key_padding,
-                 const std::function<const float*(int layer, float* scratch)>& make_bias,
-                 int64_t bias_len, const ExitTest& exit_test, float* out,
-                 std::vector<int>& layers_used);
+  // An encoder stack over `batch` samples of `t` rows each in x (overwritten); each sample's
+  // output goes to `out` [batch, t, d]. `make_bias` fills layer l's attention bias.
+  std::vector<int> run_encoder_stack(
+      float* x, int64_t batch, int64_t t, const uint8_t* key_padding,
+      const std::function<const float*(int layer, float* scratch)>& make_bias, int64_t bias_len,
+      const ExitDecision& decide, float* out, Arena& arena) const;
   void embed_tokens(const int64_t* tokens, int64_t n, float* out) const;
+  // Number of leading non-pad tokens; pads must form a suffix (right padding).
+  static int64_t valid_prefix(const int64_t* tokens, int64_t t, int64_t pad, const char* what,
+                              int64_t sample);
   void add_text_rel_bias(const Tensor& table, int64_t t, float* bias, int64_t ld, int64_t q_offset,
                          int64_t k_offset, int64_t tq) const;
 
@@ -174,9 +164,8 @@ class OfaModel {
   Tensor txt_cross_pos_k_;                        // [Ns, D]
   Tensor dec_self_q_, dec_self_k_, dec_cross_q_;  // [Nt, D] (q scaled)
 
-  std::mutex grid_mutex_;
-  std::map<std::pair<int64_t, int64_t>, ImageGridCache> grid_cache_;
-  Arena arena_;
+  mutable std::mutex grid_mutex_;
+  mutable std::map<std::pair<int64_t, int64_t>, ImageGridCache> grid_cache_;
 };
 
 }  // namespace mue

@@ -5,12 +5,18 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <list>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <tuple>
 #include <unordered_map>
 
+#include "core/arena.h"
+#include "core/threads.h"
+#include "core/timing.h"
 #include "io/image.h"
 #include "io/text.h"
 #include "io/tokenizer.h"
@@ -23,12 +29,6 @@
 namespace mue {
 namespace {
 
-// OFA's task prompts (spec 2.1, 2.2), used when a model's config.json names none.
-constexpr const char* kDefaultCaptionPrompt = " what does the image describe?";
-constexpr const char* kDefaultEntailmentPrompt =
-    " can image and text1 \" {premise} \" imply text2 \" {hypothesis} \"?";
-constexpr const char* kDefaultEntailmentPromptNoPremise =
-    " does the image describe \" {hypothesis} \"?";
 constexpr int kMaxSourceWords = 80;  // OFA's max_src_length for pre_caption (spec 2.1)
 
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
@@ -69,26 +69,10 @@ std::string strip_punctuation(const std::string& text) {
   return begin == std::string::npos ? "" : out.substr(begin, end - begin + 1);
 }
 
-const nlohmann::json& section(const nlohmann::json& j, const char* key) {
-  static const nlohmann::json empty = nlohmann::json::object();
-  if (j.contains(key) && j[key].is_object()) return j[key];
-  return empty;
-}
-
-template <typename T>
-T value_or(const nlohmann::json& j, const char* key, T fallback, const std::string& where) {
-  if (!j.contains(key)) return fallback;
-  try {
-    return j.at(key).get<T>();
-  } catch (const std::exception& e) {
-    throw Error(where + ": field \"" + key + "\" has the wrong type: " + e.what());
-  }
-}
-
 }  // namespace
 
 // Bounded LRU of single-image encodings, keyed by content and by the image-exit settings that
-// shaped them.
+// shaped them. Calls on many threads share it: every method takes the lock.
 class ImageEncodingCache {
  public:
   struct Key {
@@ -103,6 +87,7 @@ class ImageEncodingCache {
   explicit ImageEncodingCache(size_t capacity) : capacity_(capacity) {}
 
   std::shared_ptr<const ImageEncoding> find(const Key& k) {
+    std::lock_guard<std::mutex> lock(mutex_);
     auto it = index_.find(k);
     if (it == index_.end()) return nullptr;
     lru_.splice(lru_.begin(), lru_, it->second);
@@ -110,6 +95,7 @@ class ImageEncodingCache {
     return it->second->second;
   }
   void insert(const Key& k, std::shared_ptr<const ImageEncoding> e) {
+    std::lock_guard<std::mutex> lock(mutex_);
     if (capacity_ == 0 || e->bytes() > capacity_ || index_.count(k)) return;
     lru_.emplace_front(k, std::move(e));
     index_[k] = lru_.begin();
@@ -121,15 +107,19 @@ class ImageEncodingCache {
     }
   }
   void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
     lru_.clear();
     index_.clear();
     bytes_ = 0;
   }
-  size_t hits() const { return hits_; }
-  size_t size() const { return index_.size(); }
+  ImageCacheStats stats() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {hits_, index_.size(), bytes_};
+  }
 
  private:
   using Entry = std::pair<Key, std::shared_ptr<const ImageEncoding>>;
+  mutable std::mutex mutex_;
   size_t capacity_, bytes_ = 0, hits_ = 0;
   std::list<Entry> lru_;
   std::map<Key, std::list<Entry>::iterator> index_;
@@ -170,81 +160,148 @@ nlohmann::json CaptionResult::to_json() const {
           {"seconds", seconds.to_json()}};
 }
 
+const char* entailment_label_name(EntailmentLabel label) {
+  switch (label) {
+    case EntailmentLabel::kEntailment:
+      return "entailment";
+    case EntailmentLabel::kNeutral:
+      return "neutral";
+    case EntailmentLabel::kContradiction:
+      return "contradiction";
+  }
+  return "?";
+}
+
 nlohmann::json EntailmentResult::to_json() const {
   return {
-      {"label", label},
+      {"label", label_name()},
       {"probabilities",
        {{"entailment", p_entailment}, {"neutral", p_neutral}, {"contradiction", p_contradiction}}},
       {"exits", exits.to_json()},
       {"seconds", seconds.to_json()}};
 }
 
+struct Engine::Impl {
+  std::unique_ptr<OfaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  EngineOptions options;
+  GenerationSettings generation;        // the resolved default
+  std::array<int64_t, 3> answer_ids{};  // entailment, neutral, contradiction
+  std::unique_ptr<ImageEncodingCache> cache;
+  ArenaPool arenas;      // scratch memory, one arena per call in flight
+  int call_threads = 1;  // OpenMP threads of a call run on the calling thread
+  std::unique_ptr<WorkerPool> workers;
+
+  // One call's settings: the call's own where given, else the engine's defaults.
+  struct Call {
+    ExitPolicy policy;
+    GenerationSettings generation;
+  };
+  Call resolve(const CallOptions& call) const;
+  void check_policy(const ExitPolicy& policy) const;
+
+  struct EncodedBatch {
+    EncoderOutput enc;
+    StageTimes times;
+    std::vector<bool> reused;
+  };
+  EncodedBatch encode_batch(const std::vector<const PreparedImage*>& images,
+                            const std::vector<std::vector<int64_t>>& prompts,
+                            const ExitPolicy& policy, Arena& arena);
+  // The tasks on one thread, for one batch.
+  std::vector<CaptionResult> caption_batch(const std::vector<const PreparedImage*>& images,
+                                           const Call& call);
+  std::vector<EntailmentResult> entail_batch(const std::vector<EntailmentQuery>& queries,
+                                             const Call& call);
+  // Runs `jobs` (independent parts of one call) on the workers and waits for all of them; the
+  // first failure is rethrown after every job has ended.
+  void run_on_workers(const std::vector<std::function<void()>>& jobs) const;
+
+  std::vector<int64_t> caption_prompt() const;
+  std::vector<int64_t> entailment_prompt(const std::string& premise,
+                                         const std::string& hypothesis) const;
+  std::string decode_tokens(const std::vector<int64_t>& tokens) const;
+  void fill_common(ExitStatistics& exits, StageSeconds& sec, const StageTimes& times,
+                   double decoder_seconds, int64_t batch, const PreparedImage& image) const;
+};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 
 std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineOptions& options) {
-  std::unique_ptr<Engine> e(new Engine());
-  e->options_ = options;
-  set_num_threads(options.threads);
-  e->model_ = OfaModel::load(model_dir);
-  const ModelConfig& cfg = e->model_->config();
+  if (options.threads < 0)
+    throw Error("engine options: threads = " + std::to_string(options.threads) +
+                " is negative (0 means all cores)");
+  if (options.workers < 0)
+    throw Error("engine options: workers = " + std::to_string(options.workers) +
+                " is negative (0 means calls run on the calling thread)");
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  const int cores = hardware_threads();
+  impl->call_threads = options.threads > 0 ? options.threads : cores;
+  ThreadCountScope threads(impl->call_threads);
+  impl->model = OfaModel::load(model_dir);
+  const ModelConfig& cfg = impl->model->config();
   std::string where = "model config " + model_dir + "/config.json";
 
-  const nlohmann::json& tok = section(cfg.raw, "tokenizer");
   namespace fs = std::filesystem;
   fs::path dir(model_dir);
-  fs::path encoder = dir / value_or<std::string>(tok, "encoder_json", "encoder.json", where);
-  fs::path vocab = dir / value_or<std::string>(tok, "vocab_bpe", "vocab.bpe", where);
-  fs::path dict = dir / value_or<std::string>(tok, "dict", "dict.txt", where);
+  const TokenizerFiles& files = cfg.tokenizer;
+  fs::path encoder = dir / files.encoder_json, vocab = dir / files.vocab_bpe,
+           dict = dir / files.dict;
   for (const fs::path& f : {encoder, vocab, dict})
     if (!fs::exists(f))
       throw Error("model directory " + model_dir + ": tokenizer file " + f.filename().string() +
                   " is missing (text tasks need encoder.json, vocab.bpe and dict.txt)");
-  e->tokenizer_ = std::make_unique<Tokenizer>(encoder.string(), vocab.string(), dict.string(),
-                                              value_or<bool>(tok, "ofa_extra_tokens", true, where));
-  if (e->tokenizer_->vocab_size() > cfg.vocab_size)
+  impl->tokenizer = std::make_unique<Tokenizer>(encoder.string(), vocab.string(), dict.string(),
+                                                files.ofa_extra_tokens);
+  if (impl->tokenizer->vocab_size() > cfg.vocab_size)
     throw Error("model directory " + model_dir + ": the tokenizer has " +
-                std::to_string(e->tokenizer_->vocab_size()) + " ids but the model only " +
+                std::to_string(impl->tokenizer->vocab_size()) + " ids but the model only " +
                 std::to_string(cfg.vocab_size));
-
-  const nlohmann::json& tasks = section(cfg.raw, "tasks");
-  const nlohmann::json& cap = section(tasks, "caption");
-  e->caption_prompt_text_ = value_or<std::string>(cap, "prompt", kDefaultCaptionPrompt, where);
-  GenerationSettings& g = e->generation_;
-  g.beam_size = value_or<int>(cap, "beam_size", g.beam_size, where);
-  g.max_len = value_or<int>(cap, "max_len", g.max_len, where);
-  g.min_len = value_or<int>(cap, "min_len", g.min_len, where);
-  g.no_repeat_ngram_size =
-      value_or<int>(cap, "no_repeat_ngram_size", g.no_repeat_ngram_size, where);
-  g.length_penalty = value_or<double>(cap, "length_penalty", g.length_penalty, where);
-  const nlohmann::json& ve = section(tasks, "entailment");
-  e->entailment_prompt_text_ = value_or<std::string>(ve, "prompt", kDefaultEntailmentPrompt, where);
-  e->entailment_prompt_no_premise_ =
-      value_or<std::string>(ve, "prompt_without_premise", kDefaultEntailmentPromptNoPremise, where);
-  const nlohmann::json& answers = section(ve, "answers");
-  const char* labels[3] = {"entailment", "neutral", "contradiction"};
-  const char* defaults[3] = {" yes", " maybe", " no"};
   for (int i = 0; i < 3; ++i) {
-    std::string text = value_or<std::string>(answers, labels[i], defaults[i], where);
-    std::vector<int32_t> ids = e->tokenizer_->encode(text);
+    const std::string& text = cfg.entailment.answers[i];
+    std::vector<int32_t> ids = impl->tokenizer->encode(text);
     if (ids.size() != 1)
-      throw Error(where + ": the " + labels[i] + " answer \"" + text + "\" is " +
-                  std::to_string(ids.size()) + " tokens; it must be exactly one");
-    e->answer_ids_[i] = ids[0];
+      throw Error(where + ": the " + entailment_label_name(static_cast<EntailmentLabel>(i)) +
+                  " answer \"" + text + "\" is " + std::to_string(ids.size()) +
+                  " tokens; it must be exactly one");
+    impl->answer_ids[i] = ids[0];
   }
-  e->cache_ = std::make_unique<ImageEncodingCache>(
+
+  if (options.generation) {
+    impl->generation = *options.generation;
+  } else {
+    const CaptionTaskConfig& c = cfg.caption;
+    impl->generation = {c.beam_size, c.max_len, c.min_len, c.no_repeat_ngram_size,
+                        c.length_penalty};
+  }
+  try {
+    impl->generation.validate();
+  } catch (const Error& e) {
+    throw Error(std::string(options.generation ? "engine options" : where) + ": " + e.what());
+  }
+  impl->check_policy(options.exit_policy);
+  impl->cache = std::make_unique<ImageEncodingCache>(
       cfg.encoder_mode == EncoderMode::kDecomposed ? options.image_cache_bytes : 0);
-  e->set_exit_policy(options.exit_policy);
-  return e;
+  if (options.workers > 0) {
+    // Each worker runs whole samples; the cores are shared out among them unless told.
+    int per_worker = options.threads > 0 ? options.threads : std::max(1, cores / options.workers);
+    impl->workers = std::make_unique<WorkerPool>(options.workers, per_worker);
+  }
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
-const ModelConfig& Engine::config() const { return model_->config(); }
+const ModelConfig& Engine::config() const { return impl_->model->config(); }
+const EngineOptions& Engine::options() const { return impl_->options; }
+const ExitPolicy& Engine::default_exit_policy() const { return impl_->options.exit_policy; }
+const GenerationSettings& Engine::default_generation() const { return impl_->generation; }
+void Engine::check_exit_policy(const ExitPolicy& policy) const { impl_->check_policy(policy); }
 
-void Engine::set_threads(int n) { set_num_threads(n); }
-
-void Engine::set_exit_policy(const ExitPolicy& policy) {
+void Engine::Impl::check_policy(const ExitPolicy& policy) const {
   policy.validate();
   // A depth the model does not have would silently run in full: say so instead.
-  const ModelConfig& c = config();
+  const ModelConfig& c = model->config();
   for (auto [depth, name, layers, stack] :
        {std::tuple{policy.fixed_depth_image, "fixed_depth_image", c.encoder_layers, "encoder"},
         std::tuple{policy.fixed_depth_text, "fixed_depth_text", c.encoder_layers, "encoder"},
@@ -252,12 +309,18 @@ void Engine::set_exit_policy(const ExitPolicy& policy) {
     if (depth > layers)
       throw Error("exit policy: " + std::string(name) + " = " + std::to_string(depth) +
                   " exceeds the model's " + std::to_string(layers) + " " + stack + " layers");
-  policy_ = policy;
 }
 
-size_t Engine::image_cache_hits() const { return cache_->hits(); }
-size_t Engine::image_cache_entries() const { return cache_->size(); }
-void Engine::clear_image_cache() { cache_->clear(); }
+Engine::Impl::Call Engine::Impl::resolve(const CallOptions& call) const {
+  Call c{call.exit_policy ? *call.exit_policy : options.exit_policy,
+         call.generation ? *call.generation : generation};
+  if (call.exit_policy) check_policy(c.policy);
+  if (call.generation) c.generation.validate();
+  return c;
+}
+
+ImageCacheStats Engine::image_cache_stats() const { return impl_->cache->stats(); }
+void Engine::clear_image_cache() const { impl_->cache->clear(); }
 
 namespace {
 
@@ -278,57 +341,70 @@ PreparedImage prepare_decoded(const RgbImage& img, const ModelConfig& c, const s
 
 PreparedImage Engine::prepare_image(const std::string& path) const {
   Stopwatch watch;
-  return prepare_decoded(decode_image_file(path, options_.max_image_pixels), config(), path, watch);
+  return prepare_decoded(decode_image_file(path, impl_->options.max_image_pixels), config(), path,
+                         watch);
 }
 
 PreparedImage Engine::prepare_image(const uint8_t* data, size_t size,
                                     const std::string& name) const {
   Stopwatch watch;
-  return prepare_decoded(decode_image(data, size, name, options_.max_image_pixels), config(), name,
-                         watch);
+  return prepare_decoded(decode_image(data, size, name, impl_->options.max_image_pixels), config(),
+                         name, watch);
 }
 
-std::vector<int64_t> Engine::caption_prompt() const {
-  std::vector<int64_t> ids{config().bos_id};
-  for (int32_t id : tokenizer_->encode(caption_prompt_text_)) ids.push_back(id);
-  ids.push_back(config().eos_id);
-  return ids;
-}
-
+std::vector<int64_t> Engine::caption_prompt() const { return impl_->caption_prompt(); }
 std::vector<int64_t> Engine::entailment_prompt(const std::string& premise,
                                                const std::string& hypothesis) const {
-  std::string h = pre_caption(hypothesis, kMaxSourceWords);
-  if (h.empty()) throw Error("entailment: the hypothesis is empty");
-  std::string text;
-  if (premise.empty()) {
-    text = replace_all(entailment_prompt_no_premise_, "{hypothesis}", h);
-  } else {
-    text = replace_all(entailment_prompt_text_, "{premise}", pre_caption(premise, kMaxSourceWords));
-    text = replace_all(text, "{hypothesis}", h);
-  }
-  std::vector<int64_t> ids{config().bos_id};
-  for (int32_t id : tokenizer_->encode(text)) ids.push_back(id);
-  ids.push_back(config().eos_id);
-  if (static_cast<int64_t>(ids.size()) > config().max_source_positions)
-    throw Error("entailment: the prompt is " + std::to_string(ids.size()) +
-                " tokens, more than the model's " + std::to_string(config().max_source_positions));
+  return impl_->entailment_prompt(premise, hypothesis);
+}
+std::string Engine::decode_tokens(const std::vector<int64_t>& tokens) const {
+  return impl_->decode_tokens(tokens);
+}
+
+std::vector<int64_t> Engine::Impl::caption_prompt() const {
+  const ModelConfig& cfg = model->config();
+  std::vector<int64_t> ids{cfg.bos_id};
+  for (int32_t id : tokenizer->encode(cfg.caption.prompt)) ids.push_back(id);
+  ids.push_back(cfg.eos_id);
   return ids;
 }
 
-std::string Engine::decode_tokens(const std::vector<int64_t>& tokens) const {
-  std::vector<int32_t> ids(tokens.begin(), tokens.end());
-  return tokenizer_->decode(ids);
+std::vector<int64_t> Engine::Impl::entailment_prompt(const std::string& premise,
+                                                     const std::string& hypothesis) const {
+  const ModelConfig& cfg = model->config();
+  std::string h = pre_caption(hypothesis, kMaxSourceWords);
+  if (h.empty()) {
+    if (hypothesis.find_first_not_of(" \t\r\n") == std::string::npos)
+      throw Error("entailment: the hypothesis is empty");
+    throw Error("entailment: the hypothesis \"" + hypothesis +
+                "\" is empty after OFA's text cleaning (lowercase, punctuation and extra spaces "
+                "removed), which left \"\"");
+  }
+  std::string text;
+  if (premise.empty()) {
+    text = replace_all(cfg.entailment.prompt_without_premise, "{hypothesis}", h);
+  } else {
+    text = replace_all(cfg.entailment.prompt, "{premise}", pre_caption(premise, kMaxSourceWords));
+    text = replace_all(text, "{hypothesis}", h);
+  }
+  std::vector<int64_t> ids{cfg.bos_id};
+  for (int32_t id : tokenizer->encode(text)) ids.push_back(id);
+  ids.push_back(cfg.eos_id);
+  if (static_cast<int64_t>(ids.size()) > cfg.max_source_positions)
+    throw Error("entailment: the prompt is " + std::to_string(ids.size()) +
+                " tokens, more than the model's " + std::to_string(cfg.max_source_positions));
+  return ids;
 }
 
-struct Engine::EncodedBatch {
-  EncoderOutput enc;
-  StageTimes times;
-  std::vector<bool> reused;
-};
+std::string Engine::Impl::decode_tokens(const std::vector<int64_t>& tokens) const {
+  std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  return tokenizer->decode(ids);
+}
 
-Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*>& images,
-                                          const std::vector<std::vector<int64_t>>& prompts) {
-  const ModelConfig& cfg = config();
+Engine::Impl::EncodedBatch Engine::Impl::encode_batch(
+    const std::vector<const PreparedImage*>& images,
+    const std::vector<std::vector<int64_t>>& prompts, const ExitPolicy& policy, Arena& arena) {
+  const ModelConfig& cfg = model->config();
   int64_t batch = static_cast<int64_t>(prompts.size());
   int64_t len = 0;
   for (const auto& p : prompts) len = std::max<int64_t>(len, static_cast<int64_t>(p.size()));
@@ -338,9 +414,8 @@ Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*
       src.data<int64_t>()[b * len + j] =
           j < static_cast<int64_t>(prompts[b].size()) ? prompts[b][j] : cfg.pad_id;
 
-  ExitController ctl(policy_);
-  int layers = model_->num_encoder_layers();
-  auto test_for = [&](ExitStack stack) { return ctl.test_for(stack, layers); };
+  ExitController ctl(policy);
+  int layers = model->num_encoder_layers();
   EncodedBatch out;
   out.reused.assign(static_cast<size_t>(batch), false);
   auto stack_images = [&](const std::vector<const PreparedImage*>& list) {
@@ -353,8 +428,8 @@ Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*
   };
 
   if (cfg.encoder_mode != EncoderMode::kDecomposed) {
-    out.enc =
-        model_->encode(stack_images(images), src, nullptr, test_for(ExitStack::kText), &out.times);
+    out.enc = model->encode(stack_images(images), src, {}, ctl.decision(ExitStack::kText, layers),
+                            &out.times, &arena);
     return out;
   }
   // Decomposed: one image-stream pass per distinct image, reused from the cache if possible.
@@ -362,10 +437,12 @@ Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*
   std::vector<const PreparedImage*> missing;
   std::vector<size_t> missing_slot;
   std::map<std::array<uint64_t, 2>, size_t> first_slot;
+  auto key_of = [&](const PreparedImage& image) {
+    return ImageEncodingCache::Key{image.content_key, policy.exit_threshold_image,
+                                   policy.fixed_depth_image};
+  };
   for (size_t i = 0; i < images.size(); ++i) {
-    ImageEncodingCache::Key key{images[i]->content_key, policy_.exit_threshold_image,
-                                policy_.fixed_depth_image};
-    if (auto hit = cache_->find(key)) {
+    if (auto hit = cache->find(key_of(*images[i]))) {
       encodings[i] = hit;
       out.reused[i] = true;
     } else if (!first_slot.count(images[i]->content_key)) {
@@ -375,8 +452,8 @@ Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*
     }
   }
   if (!missing.empty()) {
-    ImageEncoding fresh =
-        model_->encode_images(stack_images(missing), test_for(ExitStack::kImage), &out.times);
+    ImageEncoding fresh = model->encode_images(
+        stack_images(missing), ctl.decision(ExitStack::kImage, layers), &out.times, &arena);
     int64_t per = fresh.states.numel() / static_cast<int64_t>(missing.size());
     for (size_t m = 0; m < missing.size(); ++m) {
       auto one = std::make_shared<ImageEncoding>();
@@ -387,8 +464,7 @@ Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*
       std::memcpy(one->states.raw(), fresh.states.data<float>() + m * per,
                   static_cast<size_t>(per) * sizeof(float));
       encodings[missing_slot[m]] = one;
-      cache_->insert(
-          {missing[m]->content_key, policy_.exit_threshold_image, policy_.fixed_depth_image}, one);
+      cache->insert(key_of(*missing[m]), one);
     }
   }
   for (size_t i = 0; i < images.size(); ++i)
@@ -402,17 +478,16 @@ Engine::EncodedBatch Engine::encode_batch(const std::vector<const PreparedImage*
     ptrs.push_back(encodings[i].get());
     index.push_back(static_cast<int64_t>(i));
   }
-  out.enc = model_->encode_text(ptrs, index, src, test_for(ExitStack::kText), &out.times);
+  out.enc = model->encode_text(ptrs, index, src, ctl.decision(ExitStack::kText, layers), &out.times,
+                               &arena);
   return out;
 }
 
-namespace {
-
-void fill_common(ExitStatistics& exits, StageSeconds& sec, const OfaModel& model,
-                 const StageTimes& times, double decoder_seconds, int64_t batch,
-                 const PreparedImage& image) {
-  exits.encoder_depth = model.num_encoder_layers();
-  exits.decoder_depth = model.num_decoder_layers();
+void Engine::Impl::fill_common(ExitStatistics& exits, StageSeconds& sec, const StageTimes& times,
+                               double decoder_seconds, int64_t batch,
+                               const PreparedImage& image) const {
+  exits.encoder_depth = model->num_encoder_layers();
+  exits.decoder_depth = model->num_decoder_layers();
   double share = 1.0 / static_cast<double>(batch);
   sec.preprocess = image.seconds;
   sec.resnet = times.resnet * share;
@@ -422,27 +497,22 @@ void fill_common(ExitStatistics& exits, StageSeconds& sec, const OfaModel& model
   sec.total = sec.preprocess + sec.resnet + sec.image_stream + sec.text_stream + sec.decoder;
 }
 
-}  // namespace
-
-CaptionResult Engine::caption(const std::string& image_path) {
-  PreparedImage img = prepare_image(image_path);
-  return caption(img);
+void Engine::Impl::run_on_workers(const std::vector<std::function<void()>>& jobs) const {
+  std::vector<std::future<void>> done;
+  for (const auto& job : jobs) done.push_back(workers->submit(job));
+  for (auto& d : done) d.wait();  // every job ends before any failure leaves this call
+  for (auto& d : done) d.get();
 }
 
-CaptionResult Engine::caption(const PreparedImage& image) { return caption({&image})[0]; }
-
-std::vector<CaptionResult> Engine::caption(const std::vector<const PreparedImage*>& images) {
-  if (images.empty()) return {};
+std::vector<CaptionResult> Engine::Impl::caption_batch(
+    const std::vector<const PreparedImage*>& images, const Call& call) {
+  ArenaPool::Lease arena = arenas.acquire();
   std::vector<int64_t> prompt = caption_prompt();
-  EncodedBatch eb = encode_batch(images, std::vector<std::vector<int64_t>>(images.size(), prompt));
-  GenerationOptions opt;
-  opt.beam_size = generation_.beam_size;
-  opt.max_len = generation_.max_len;
-  opt.min_len = generation_.min_len;
-  opt.no_repeat_ngram_size = generation_.no_repeat_ngram_size;
-  opt.length_penalty = generation_.length_penalty;
+  EncodedBatch eb = encode_batch(images, std::vector<std::vector<int64_t>>(images.size(), prompt),
+                                 call.policy, *arena);
   Stopwatch watch;
-  std::vector<GenerationResult> gen = beam_search(*model_, eb.enc, opt, ExitController(policy_));
+  std::vector<GenerationResult> gen =
+      beam_search(*model, eb.enc, call.generation, ExitController(call.policy), arena.get());
   double decoder_seconds = watch.lap();
   std::vector<CaptionResult> out(images.size());
   for (size_t i = 0; i < images.size(); ++i) {
@@ -450,40 +520,28 @@ std::vector<CaptionResult> Engine::caption(const std::vector<const PreparedImage
     const Hypothesis& best = gen[i].hypotheses.front();
     r.tokens = best.tokens;
     r.score = best.score;
-    r.caption = decode_tokens(best.tokens);
-    r.caption = strip_punctuation(r.caption);
+    r.caption = strip_punctuation(decode_tokens(best.tokens));
     r.exits.image_layers = eb.enc.image_layers[i];
     r.exits.text_layers = eb.enc.text_layers[i];
     r.exits.decoder_layers = gen[i].decoder_layers;
     r.exits.image_reused = eb.reused[i];
-    fill_common(r.exits, r.seconds, *model_, eb.times, decoder_seconds,
-                static_cast<int64_t>(images.size()), *images[i]);
+    fill_common(r.exits, r.seconds, eb.times, decoder_seconds, static_cast<int64_t>(images.size()),
+                *images[i]);
   }
   return out;
 }
 
-EntailmentResult Engine::entail(const std::string& image_path, const std::string& premise,
-                                const std::string& hypothesis) {
-  PreparedImage img = prepare_image(image_path);
-  return entail(img, premise, hypothesis);
-}
-
-EntailmentResult Engine::entail(const PreparedImage& image, const std::string& premise,
-                                const std::string& hypothesis) {
-  return entail(std::vector<EntailmentQuery>{{&image, premise, hypothesis}})[0];
-}
-
-std::vector<EntailmentResult> Engine::entail(const std::vector<EntailmentQuery>& queries) {
-  if (queries.empty()) return {};
-  const ModelConfig& cfg = config();
+std::vector<EntailmentResult> Engine::Impl::entail_batch(
+    const std::vector<EntailmentQuery>& queries, const Call& call) {
+  const ModelConfig& cfg = model->config();
   std::vector<const PreparedImage*> images;
   std::vector<std::vector<int64_t>> prompts;
   for (const auto& q : queries) {
-    if (!q.image) throw Error("entailment query without an image");
     images.push_back(q.image);
     prompts.push_back(entailment_prompt(q.premise, q.hypothesis));
   }
-  EncodedBatch eb = encode_batch(images, prompts);
+  ArenaPool::Lease arena = arenas.acquire();
+  EncodedBatch eb = encode_batch(images, prompts, call.policy, *arena);
   // Decoder input: [BOS] + the prompt without its EOS; the answer is read at the last position
   // (spec 2.1).
   int64_t batch = static_cast<int64_t>(queries.size()), t = 0;
@@ -495,20 +553,20 @@ std::vector<EntailmentResult> Engine::entail(const std::vector<EntailmentQuery>&
           j < static_cast<int64_t>(prompts[b].size()) - 1 ? prompts[b][j] : cfg.pad_id;
 
   // Entailment is one non-incremental pass: the static decoder threshold applies (spec 1.4).
-  ExitController ctl(policy_);
-  ExitTest dec_test = ctl.test_for(ExitStack::kDecoder, model_->num_decoder_layers());
+  ExitController ctl(call.policy);
   Stopwatch watch;
   std::vector<int> dec_layers;
-  Tensor logits = model_->decode_full(eb.enc, prev, dec_test, &dec_layers, true);
+  Tensor logits = model->decode_full(eb.enc, prev,
+                                     ctl.decision(ExitStack::kDecoder, model->num_decoder_layers()),
+                                     &dec_layers, true, arena.get());
   double decoder_seconds = watch.lap();
 
   std::vector<EntailmentResult> out(queries.size());
-  const char* labels[3] = {"entailment", "neutral", "contradiction"};
   int64_t v = cfg.vocab_size;
   for (int64_t b = 0; b < batch; ++b) {
     EntailmentResult& r = out[b];
     double z[3];
-    for (int i = 0; i < 3; ++i) z[i] = logits.data<float>()[b * v + answer_ids_[i]];
+    for (int i = 0; i < 3; ++i) z[i] = logits.data<float>()[b * v + answer_ids[i]];
     double m = std::max({z[0], z[1], z[2]}), sum = 0;
     double p[3];
     for (int i = 0; i < 3; ++i) sum += (p[i] = std::exp(z[i] - m));
@@ -516,13 +574,84 @@ std::vector<EntailmentResult> Engine::entail(const std::vector<EntailmentQuery>&
     r.p_entailment = p[0];
     r.p_neutral = p[1];
     r.p_contradiction = p[2];
-    r.label = labels[std::max_element(p, p + 3) - p];
+    r.label = static_cast<EntailmentLabel>(std::max_element(p, p + 3) - p);
     r.exits.image_layers = eb.enc.image_layers[b];
     r.exits.text_layers = eb.enc.text_layers[b];
     r.exits.decoder_layers = {dec_layers[b]};
     r.exits.image_reused = eb.reused[b];
-    fill_common(r.exits, r.seconds, *model_, eb.times, decoder_seconds, batch, *queries[b].image);
+    fill_common(r.exits, r.seconds, eb.times, decoder_seconds, batch, *queries[b].image);
   }
+  return out;
+}
+
+CaptionResult Engine::caption(const std::string& image_path, const CallOptions& call) const {
+  PreparedImage img = prepare_image(image_path);
+  return caption(img, call);
+}
+
+CaptionResult Engine::caption(const PreparedImage& image, const CallOptions& call) const {
+  return caption(std::vector<const PreparedImage*>{&image}, call)[0];
+}
+
+std::vector<CaptionResult> Engine::caption(const std::vector<const PreparedImage*>& images,
+                                           const CallOptions& call) const {
+  if (images.empty()) return {};
+  for (size_t i = 0; i < images.size(); ++i)
+    if (!images[i]) throw Error("caption: image " + std::to_string(i) + " of the batch is null");
+  const Impl::Call c = impl_->resolve(call);
+  if (!impl_->workers) {
+    ThreadCountScope threads(impl_->call_threads);
+    return impl_->caption_batch(images, c);
+  }
+  // One job per image: each runs on one worker as it comes free.
+  std::vector<CaptionResult> out(images.size());
+  std::vector<std::function<void()>> jobs;
+  for (size_t i = 0; i < images.size(); ++i)
+    jobs.push_back([&, i] { out[i] = impl_->caption_batch({images[i]}, c)[0]; });
+  impl_->run_on_workers(jobs);
+  return out;
+}
+
+EntailmentResult Engine::entail(const std::string& image_path, const std::string& premise,
+                                const std::string& hypothesis, const CallOptions& call) const {
+  PreparedImage img = prepare_image(image_path);
+  return entail(img, premise, hypothesis, call);
+}
+
+EntailmentResult Engine::entail(const PreparedImage& image, const std::string& premise,
+                                const std::string& hypothesis, const CallOptions& call) const {
+  return entail(std::vector<EntailmentQuery>{{&image, premise, hypothesis}}, call)[0];
+}
+
+std::vector<EntailmentResult> Engine::entail(const std::vector<EntailmentQuery>& queries,
+                                             const CallOptions& call) const {
+  if (queries.empty()) return {};
+  for (size_t i = 0; i < queries.size(); ++i)
+    if (!queries[i].image)
+      throw Error("entailment: query " + std::to_string(i) + " of the batch has no image");
+  const Impl::Call c = impl_->resolve(call);
+  if (!impl_->workers) {
+    ThreadCountScope threads(impl_->call_threads);
+    return impl_->entail_batch(queries, c);
+  }
+  // One job per image, holding all its queries: they share one image-stream pass.
+  std::map<std::array<uint64_t, 2>, std::vector<size_t>> by_image;
+  std::vector<std::array<uint64_t, 2>> order;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    auto& slots = by_image[queries[i].image->content_key];
+    if (slots.empty()) order.push_back(queries[i].image->content_key);
+    slots.push_back(i);
+  }
+  std::vector<EntailmentResult> out(queries.size());
+  std::vector<std::function<void()>> jobs;
+  for (const auto& key : order)
+    jobs.push_back([&, slots = by_image[key]] {
+      std::vector<EntailmentQuery> part;
+      for (size_t i : slots) part.push_back(queries[i]);
+      std::vector<EntailmentResult> r = impl_->entail_batch(part, c);
+      for (size_t k = 0; k < slots.size(); ++k) out[slots[k]] = std::move(r[k]);
+    });
+  impl_->run_on_workers(jobs);
   return out;
 }
 

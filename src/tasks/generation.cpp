@@ -40,16 +40,32 @@ void block_repeated_ngrams(const std::vector<int64_t>& seq, int n, std::vector<f
 
 }  // namespace
 
-void GenerationOptions::validate() const {
-  if (beam_size < 1) throw Error("generation: beam_size must be at least 1");
-  if (max_len < 1) throw Error("generation: max_len must be at least 1");
-  if (min_len < 0 || min_len > max_len) throw Error("generation: min_len must lie in 0..max_len");
-  if (no_repeat_ngram_size < 0) throw Error("generation: no_repeat_ngram_size must be >= 0");
+void GenerationSettings::validate() const {
+  auto fail = [](const char* field, const std::string& why) {
+    throw Error(std::string("generation: ") + field + " " + why);
+  };
+  if (beam_size < 1) fail("beam_size", "must be at least 1, got " + std::to_string(beam_size));
+  if (max_len < 1) fail("max_len", "must be at least 1, got " + std::to_string(max_len));
+  if (min_len < 0 || min_len > max_len)
+    fail("min_len", "must lie in 0..max_len (" + std::to_string(max_len) + "), got " +
+                        std::to_string(min_len));
+  if (no_repeat_ngram_size < 0)
+    fail("no_repeat_ngram_size", "must be >= 0, got " + std::to_string(no_repeat_ngram_size));
+  if (!std::isfinite(length_penalty))
+    fail("length_penalty", "must be a finite number, got " + std::to_string(length_penalty));
 }
 
-std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& enc,
-                                          const GenerationOptions& opt,
-                                          const ExitController& exits) {
+nlohmann::json GenerationSettings::to_json() const {
+  return {{"beam_size", beam_size},
+          {"max_len", max_len},
+          {"min_len", min_len},
+          {"no_repeat_ngram_size", no_repeat_ngram_size},
+          {"length_penalty", length_penalty}};
+}
+
+std::vector<GenerationResult> beam_search(const OfaModel& model, const EncoderOutput& enc,
+                                          const GenerationSettings& opt,
+                                          const ExitController& exits, Arena* arena) {
   opt.validate();
   const ModelConfig& cfg = model.config();
   const int64_t beam = opt.beam_size, vocab = cfg.vocab_size, batch = enc.batch;
@@ -73,15 +89,9 @@ std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& 
     for (int64_t s : active)
       for (int64_t b = 0; b < beam; ++b) input.push_back(step == 0 ? bos : tokens[s][b].back());
     std::vector<int> group_layers;
-    bool test =
-        exits.uses_similarity(ExitStack::kDecoder) || exits.policy().fixed_depth_decoder > 0;
-    GroupExitTest exit_test = nullptr;
-    if (test)
-      exit_test = [&](int layer, int64_t, double cos) {
-        return exits.should_exit(ExitStack::kDecoder, layer, layers, cos, step, opt.max_len);
-      };
     Tensor logits =
-        model.decode_step(st, input, exit_test, exits.policy().skipped_layer_cache, &group_layers);
+        model.decode_step(st, input, exits.decision(ExitStack::kDecoder, layers, step, opt.max_len),
+                          exits.policy().skipped_layer_cache, &group_layers, arena);
 
     std::vector<int64_t> next_active, src_rows;
     for (size_t g = 0; g < active.size(); ++g) {
@@ -158,7 +168,7 @@ std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& 
       next_active.push_back(s);
     }
     active = std::move(next_active);
-    if (!active.empty()) model.reorder_rows(st, src_rows);
+    if (!active.empty()) st.reorder_rows(src_rows);
   }
   for (auto& r : results)
     std::stable_sort(r.hypotheses.begin(), r.hypotheses.end(),

@@ -7,17 +7,9 @@
 
 #include "model/exit_controller.h"
 #include "model/ofa_model.h"
+#include "mue/mue.h"
 
 namespace mue {
-
-struct GenerationOptions {
-  int beam_size = 5;  // 1 = greedy
-  int max_len = 16;   // generated tokens before the forced EOS
-  int min_len = 1;    // EOS is banned before this many tokens
-  int no_repeat_ngram_size = 3;
-  double length_penalty = 1.0;  // final score = sum log p / length^penalty
-  void validate() const;
-};
 
 struct Hypothesis {
   std::vector<int64_t> tokens;  // generated tokens, ending with EOS
@@ -30,9 +22,9 @@ struct GenerationResult {
 };
 
 // Generates for every sample of `enc`. Exits follow `exits`; skipped layers' caches follow its
-// policy's skipped_layer_cache.
-std::vector<GenerationResult> beam_search(OfaModel& model, const EncoderOutput& enc,
-                                          const GenerationOptions& options,
-                                          const ExitController& exits);
+// policy's skipped_layer_cache. `arena`: the call's scratch (null: its own).
+std::vector<GenerationResult> beam_search(const OfaModel& model, const EncoderOutput& enc,
+                                          const GenerationSettings& options,
+                                          const ExitController& exits, Arena* arena = nullptr);
 
 }  // namespace mue

@@ -16,9 +16,10 @@ class WeightStore {
  public:
   explicit WeightStore(std::shared_ptr<SafeTensorsFile> file);
 
-  // The fp32 tensor `name` of shape `shape`: a view of the mapping for F32 storage, a widened
-  // copy for F16/BF16. A missing or mis-shaped tensor is recorded and an empty placeholder of
-  // the right shape is returned so that loading can go on and report everything at once.
+  // The fp32 tensor `name` of shape `shape`: a view of the mapping for F32 storage (a copy when
+  // the file leaves it misaligned), a widened copy for F16/BF16. A missing or mis-shaped tensor is
+  // recorded and an empty placeholder of the right shape is returned so that loading can go on and
+  // report everything at once.
   Tensor get(const std::string& name, const Shape& shape);
   bool contains(const std::string& name) const;
   // Throws one Error listing every missing or mis-shaped tensor seen so far.

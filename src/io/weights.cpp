@@ -1,4 +1,4 @@
-#include "model/weights.h"
+#include "io/weights.h"
 
 #include <cstring>
 
