@@ -3,6 +3,9 @@
 // whichever thread runs each call.
 #pragma once
 
+#include <nlohmann/json.hpp>
+#include <string>
+
 namespace mue {
 
 // OpenMP threads (oneDNN's and the library's own parallel loops) for work started on the
@@ -11,5 +14,25 @@ void set_num_threads(int n);
 int num_threads();
 // Cores this process may use.
 int hardware_threads();
+
+// libgomp reads its waiting policy (OMP_WAIT_POLICY, GOMP_SPINCOUNT) once, as the process
+// loads, before main(). Its default spins, which costs most of a call's time when another
+// process competes for the cores (bench/README.md, "Under load"). mue's binaries call this first
+// in main(): when neither variable is set, it sets the policy mue measured best and re-executes
+// the binary with the same arguments and environment. Set either variable to choose your own.
+// An application that links the library can call it the same way, or set the variable itself.
+void adopt_openmp_wait_policy(char** argv);
+
+// The machine a run is on, as benchmarks report it.
+struct MachineInfo {
+  std::string cpu_model;   // /proc/cpuinfo "model name"
+  std::string cpu_isa;     // the vector extensions the CPU has, of those that matter here
+  std::string onednn_isa;  // the ISA oneDNN chose at run time (its primitives dispatch)
+  std::string onednn_version;
+  int cores = 0;                   // hardware_threads()
+  std::string openmp_environment;  // OMP_WAIT_POLICY, GOMP_SPINCOUNT, OMP_NUM_THREADS if set
+  nlohmann::json to_json() const;
+};
+MachineInfo machine_info();
 
 }  // namespace mue

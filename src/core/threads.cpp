@@ -2,10 +2,19 @@
 
 #include <omp.h>
 #include <sched.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include "mue/runtime.h"
 
 namespace mue {
+namespace {
+
+// What adopt_openmp_wait_policy sets (bench/README.md, "Under load", has the measurements).
+constexpr const char* kOpenmpWaitPolicy = "PASSIVE";
+
+}  // namespace
 
 int hardware_threads() {
   // The affinity mask, not the machine's core count: a container or taskset may allow fewer.
@@ -24,6 +33,16 @@ void set_num_threads(int n) {
 }
 
 int num_threads() { return omp_get_max_threads(); }
+
+void adopt_openmp_wait_policy(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  if (std::getenv("MUE_OPENMP_REEXEC")) return;  // set below: never loop
+  ::setenv("OMP_WAIT_POLICY", kOpenmpWaitPolicy, 1);
+  ::setenv("MUE_OPENMP_REEXEC", "1", 1);
+  ::execv("/proc/self/exe", argv);
+  // exec failed (no /proc?): run on with libgomp's defaults.
+  ::unsetenv("OMP_WAIT_POLICY");
+}
 
 ThreadCountScope::ThreadCountScope(int threads) : previous_(omp_get_max_threads()) {
   if (threads > 0 && threads != previous_) omp_set_num_threads(threads);
