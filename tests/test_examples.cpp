@@ -21,6 +21,7 @@ TEST(Examples, CaptionAndEntailRuns) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("caption: "), std::string::npos) << text;
   EXPECT_NE(text.find("image reused yes"), std::string::npos) << text;
+  EXPECT_NE(text.find("at full depth: "), std::string::npos) << text;  // a per-call policy
   // A missing image is an error naming it, with exit status 1.
   std::string bad = shell_quote(std::string(MUE_BINARY_DIR) + "/caption_and_entail") + " " +
                     shell_quote(dir.string()) + " /nonexistent.png > /dev/null 2>&1";

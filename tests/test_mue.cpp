@@ -50,6 +50,16 @@ TEST(MueCli, RefusesBadInputWithTheReason) {
       {caption + " --max-len inf", "--max-len needs a whole number, got \"inf\""},
       {caption + " --model /nonexistent/model", "/nonexistent/model"},
       {caption + " --policy /nonexistent/policy.json", "/nonexistent/policy.json"},
+      // Every policy field is a flag too (the exit-settings grammar of mue-bench's specs).
+      {caption + " --exit-threshold-text 1.5",
+       "--exit-threshold-text: exit policy: "
+       "exit_threshold_text = 1.5"},
+      {caption + " --calm-beta high", "--calm-beta needs a number, got \"high\""},
+      {caption + " --fixed-depth-decoder 7",
+       "fixed_depth_decoder = 7 exceeds the model's 6 decoder layers"},
+      {caption + " --decoder-schedule sometimes", "--decoder-schedule: decoder_schedule must be"},
+      {caption + " --workers -1", "--workers must be at least 0, got -1"},
+      {caption + " --image-threshold", "--image-threshold needs a value"},
   };
   for (const BadCase& c : cases) {
     SCOPED_TRACE(c.args);
@@ -62,6 +72,30 @@ TEST(MueCli, RefusesBadInputWithTheReason) {
   const AppRun ok =
       run_app("mue", "caption " + image + " --threads 0 --beam 2 --max-len 4 --json", scratch);
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
+}
+
+TEST(MueCli, ExitFlagsSetThePolicyFieldsInOrder) {
+  ASSERT_TRUE(app_built("mue"));
+  const fs::path scratch = fs::path(MUE_BINARY_DIR) / "test_mue_cli";
+  fs::create_directories(scratch);
+  const std::string image = shell_quote((kModel / "example.png").string());
+  // Short and long forms of one field, the later one winning; workers run the call.
+  const AppRun run = run_app("mue",
+                             "entail " + image +
+                                 " --hypothesis 'there is a shirt' --threads 1 --workers 2"
+                                 " --decoder-threshold 0.5 --exit-threshold-decoder 0.9"
+                                 " --fixed-depth 2,0,0 --fixed-depth-text 3 --kv-cache reference"
+                                 " --calm-tau 2 --json",
+                             scratch);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const nlohmann::json policy = nlohmann::json::parse(run.out)["policy"];
+  EXPECT_EQ(policy["exit_threshold_decoder"], 0.9);
+  EXPECT_EQ(policy["fixed_depth_image"], 2);
+  EXPECT_EQ(policy["fixed_depth_text"], 3);
+  EXPECT_EQ(policy["fixed_depth_decoder"], 0);
+  EXPECT_EQ(policy["skipped_layer_cache"], "reference");
+  EXPECT_EQ(policy["calm_tau"], 2.0);
+  EXPECT_EQ(nlohmann::json::parse(run.out)["exits"]["image_layers"], 2);
 }
 
 }  // namespace

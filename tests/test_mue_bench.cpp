@@ -255,6 +255,39 @@ TEST_F(MueBenchVe, LimitKeepsTheFirstEntriesBadOnesIncluded) {
   EXPECT_EQ(r["settings"].size(), 1u);
 }
 
+TEST_F(MueBenchVe, SpecsTakeThePolicyFieldsOrTheirShortForms) {
+  fs::path json_path = scratch_ / "keys.json";
+  AppRun run = run_app("mue-bench",
+                       "--dump " + shell_quote(dump_.dir.string()) + " --model " +
+                           shell_quote(model_.string()) +
+                           " --threads 1 --workers 2 --per-sample --no-warmup"
+                           " --setting short=text:0.8,fixed:0/0/2,kv:reference,tau:2"
+                           " --setting long=exit_threshold_text:0.8,fixed_depth_decoder:2,"
+                           "skipped_layer_cache:reference,calm_tau:2"
+                           " --sweep exit_threshold_image=0.8 --sweep fixed_depth=0/3/0 --json " +
+                           shell_quote(json_path.string()),
+                       scratch_);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  json r = read_json(json_path);
+  EXPECT_EQ(r["threads"], 1);
+  EXPECT_EQ(r["workers"], 2);
+  const json& short_form = setting_named(r, "short");
+  const json& long_form = setting_named(r, "long");
+  EXPECT_EQ(short_form["policy"], long_form["policy"]);
+  EXPECT_EQ(long_form["policy"]["fixed_depth_decoder"], 2);
+  EXPECT_EQ(long_form["policy"]["skipped_layer_cache"], "reference");
+  EXPECT_EQ(short_form["mean_layers"], long_form["mean_layers"]);
+  for (size_t i = 0; i < short_form["per_sample"].size(); ++i)
+    EXPECT_EQ(short_form["per_sample"][i]["prediction"], long_form["per_sample"][i]["prediction"]);
+  const json& swept = setting_named(r, "fixed0/3/0_image0.8");
+  EXPECT_EQ(swept["policy"]["exit_threshold_image"], 0.8);
+  EXPECT_EQ(swept["mean_layers"]["text"], 3.0);
+  // Workers run the samples of a call: the same predictions as the calling thread.
+  for (size_t i = 0; i < 5; ++i)
+    EXPECT_EQ(setting_named(r, "full_depth")["per_sample"][i]["prediction"],
+              setting_named(report_, "full_depth")["per_sample"][i]["prediction"]);
+}
+
 // Captioning: references that are the model's own full-depth captions make BLEU-1 exactly 1
 // at full depth, an independent check that the bench scores what the engine said.
 TEST(MueBenchCaption, ScoresCaptionsAndCountsTokens) {
@@ -344,6 +377,10 @@ TEST(MueBenchErrors, BadCommandLinesAndInputsNameTheProblem) {
        "bad_policy.json"},
       {base + " --setting full_depth=image:0.9", 2, "two settings are named \"full_depth\""},
       {base + " --sweep text=0.9,x", 2, "needs a number, got \"x\""},
+      {base + " --sweep speed=1,2", 2, "--sweep: unknown key \"speed\""},
+      {base + " --setting x=fixed:1/2", 2, "--setting x: fixed needs three numbers"},
+      {base + " --setting x=exit_threshold_decoder:0", 2, "exit_threshold_decoder = 0"},
+      {base + " --workers 1.5", 2, "--workers needs a whole number, got \"1.5\""},
       {base + " --batch-size 0", 2, "--batch-size must be at least 1"},
       {base + " --setting deep=fixed:0/0/99", 1,
        "setting deep: exit policy: fixed_depth_decoder = 99 exceeds"},

@@ -248,9 +248,10 @@ TEST(MueCalibrateCaption, SearchesTheDecoderScheduleToo) {
                   " --per-sample --json " + shell_quote((scratch / "first.json").string()),
               scratch);
   ASSERT_EQ(first.exit_code, 0) << first.err;
+  // The report must outlive the loop: the range refers into it.
+  const json first_report = read_json(scratch / "first.json");
   std::map<std::string, std::vector<std::string>> own;
-  for (const json& x : read_json(scratch / "first.json")["settings"][0]["per_sample"])
-    own[x["id"]] = {x["prediction"]};
+  for (const json& x : first_report["settings"][0]["per_sample"]) own[x["id"]] = {x["prediction"]};
   write_caption_dump(scratch / "own", 2, own);
   AppRun run = run_app("mue-calibrate",
                        "--dev-dump " + shell_quote((scratch / "own").string()) + common +

@@ -14,10 +14,10 @@
 // one Engine serves any number of threads calling caption/entail/prepare_image at once. Each
 // call brings its own scratch memory and runs with EngineOptions::threads OpenMP threads on the
 // thread that executes it. With EngineOptions::workers > 0 the calls run on the Engine's own
-// worker threads instead (one single-threaded sample at a time per worker, sharing the weights),
-// which gives the most throughput when many calls are in flight. Results do not depend on which
-// thread ran them or on what ran before: a call gives the same bits as the same call made alone
-// (at the same thread count).
+// worker threads instead (one sample at a time per worker, with the cores shared out among the
+// workers, sharing the weights), which gives the most throughput when many calls are in flight.
+// Results do not depend on which thread ran them or on what ran before: a call gives the same bits
+// as the same call made alone (at the same thread count).
 #pragma once
 
 #include <array>
@@ -141,6 +141,9 @@ class Engine {
 
   const ModelConfig& config() const;
   const EngineOptions& options() const;
+  // The OpenMP threads each call (workers 0) or each worker's sample runs with: threads, or with
+  // threads 0 all cores, divided among the workers when there are any.
+  int threads_per_call() const;
   // The defaults calls use when their CallOptions leave a field unset.
   const ExitPolicy& default_exit_policy() const;
   const GenerationSettings& default_generation() const;

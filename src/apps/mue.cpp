@@ -6,17 +6,21 @@
 #include "mue/mue.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
-#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "apps/common/exit_settings.h"
+#include "apps/common/options.h"
+#include "mue/runtime.h"
+
 namespace {
+
+namespace apps = mue::apps;
 
 const char* kUsage = R"(usage:
   mue caption IMAGE [options]
@@ -24,97 +28,66 @@ const char* kUsage = R"(usage:
   mue info [--model DIR]
 
 options:
-  --model DIR               model directory (default: $MUE_MODEL, else the embedded model)
-  --policy FILE             exit policy JSON (as written by mue-calibrate); default: the
+%ENGINE%  --policy FILE             exit policy JSON (as written by mue-calibrate); default: the
                             model's exit_policy.caption.json / exit_policy.entail.json for
                             the command, else its exit_policy.json, else full depth
-  --image-threshold X       exit the image stream when cos(out, in) > X   (0 < X <= 1)
-  --text-threshold X        exit the text stream when cos(out, in) > X
-  --decoder-threshold X     exit the decoder when cos(out, in) > X
-  --schedule NAME           decoder threshold schedule: static | decaying | calm
-  --kv-cache NAME           skipped decoder layers' cache: propagate | reference
-  --fixed-depth I,T,D       exit after I image, T text and D decoder layers (0 = off)
-  --threads N               threads (default, or 0: all cores)
-  --beam N, --max-len N     captioning search settings (default: the model's)
   --compare                 also run at full depth and report the measured time saved
   --json                    machine-readable output
-)";
 
+exit settings (over the policy file, in command-line order; every field of the policy file
+is a flag too, with dashes: --exit-threshold-image X, --decoder-schedule NAME, ...):
+%EXIT_FLAGS%)";
+
+std::string usage() {
+  std::string text = kUsage;
+  text.replace(text.find("%ENGINE%"), 8, apps::kEngineFlagsHelp);
+  text.replace(text.find("%EXIT_FLAGS%"), 12, apps::exit_flags_help(2, 28));
+  return text;
+}
+
+// Refusals exit with status 2 and name the flag or file and the reason.
 [[noreturn]] void fail(const std::string& message) {
   std::cerr << "mue: " << message << "\n";
   std::exit(2);
 }
 
-std::string default_model_dir() {
-  if (const char* env = std::getenv("MUE_MODEL")) return env;
-  return MUE_DEFAULT_MODEL;
-}
-
-double parse_number(const std::string& flag, const std::string& value) {
-  try {
-    size_t used = 0;
-    double v = std::stod(value, &used);
-    if (used != value.size()) throw std::invalid_argument("trailing characters");
-    return v;
-  } catch (const std::exception&) {
-    fail(flag + " needs a number, got \"" + value + "\"");
-  }
-}
-
-// Counts (threads, beam, length, depths): a fraction or a number below `min` is refused rather
-// than truncated or taken as a default.
-int parse_count(const std::string& flag, const std::string& value, int min) {
-  const double v = parse_number(flag, value);
-  if (v != std::floor(v) || v > 1e6) fail(flag + " needs a whole number, got \"" + value + "\"");
-  if (v < min) fail(flag + " must be at least " + std::to_string(min) + ", got " + value);
-  return static_cast<int>(v);
-}
-
 struct Args {
-  std::string command, image, premise, hypothesis, model = default_model_dir(), policy_file;
-  std::map<std::string, std::string> options;
+  std::string command, image, premise, hypothesis, policy_file;
+  apps::EngineFlags engine;
+  apps::ExitSettingFlags exits;
   bool json = false, compare = false, has_hypothesis = false;
 };
 
 Args parse(int argc, char** argv) {
   Args a;
   if (argc < 2) {
-    std::cerr << kUsage;
+    std::cerr << usage();
     std::exit(2);
   }
   a.command = argv[1];
   if (a.command == "-h" || a.command == "--help") {
-    std::cout << kUsage;
+    std::cout << usage();
     std::exit(0);
   }
   if (a.command != "caption" && a.command != "entail" && a.command != "info")
     fail("unknown command \"" + a.command + "\" (caption, entail or info)");
-  for (int i = 2; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(arg + " needs a value");
-      return argv[++i];
-    };
+  apps::ArgReader args(argc, argv, 2);
+  while (!args.done()) {
+    const std::string arg = args.next();
+    if (a.engine.take(arg, args) || a.exits.take(arg, args)) continue;
     if (arg == "--json") {
       a.json = true;
     } else if (arg == "--compare") {
       a.compare = true;
-    } else if (arg == "--model") {
-      a.model = value();
     } else if (arg == "--premise") {
-      a.premise = value();
+      a.premise = args.value(arg);
     } else if (arg == "--hypothesis") {
-      a.hypothesis = value();
+      a.hypothesis = args.value(arg);
       a.has_hypothesis = true;
     } else if (arg == "--policy") {
-      a.policy_file = value();
-    } else if (arg == "--image-threshold" || arg == "--text-threshold" ||
-               arg == "--decoder-threshold" || arg == "--schedule" || arg == "--kv-cache" ||
-               arg == "--fixed-depth" || arg == "--threads" || arg == "--beam" ||
-               arg == "--max-len") {
-      a.options[arg] = value();
+      a.policy_file = args.value(arg);
     } else if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage;
+      std::cout << usage();
       std::exit(0);
     } else if (!arg.empty() && arg[0] == '-') {
       fail("unknown option " + arg);
@@ -132,44 +105,14 @@ Args parse(int argc, char** argv) {
 // The policy file the command uses: --policy, else the model's calibrated policy for this task
 // (tasks calibrate apart: entailment's single decoder pass and captioning's per-step exits want
 // different thresholds), else its general one; empty for full depth.
-std::string policy_file(const Args& a) {
+std::string policy_file(const Args& a, const std::string& model) {
   if (!a.policy_file.empty()) return a.policy_file;
   for (const std::string& name :
        {"exit_policy." + a.command + ".json", std::string("exit_policy.json")}) {
-    std::filesystem::path shipped = std::filesystem::path(a.model) / name;
+    std::filesystem::path shipped = std::filesystem::path(model) / name;
     if (std::filesystem::exists(shipped)) return shipped.string();
   }
   return {};
-}
-
-// The policy from `file` (empty: defaults), with explicit flags taking precedence.
-mue::ExitPolicy make_policy(const Args& a, const std::string& file) {
-  mue::ExitPolicy p;
-  if (!file.empty()) p = mue::ExitPolicy::load(file);
-  nlohmann::json j = p.to_json();
-  auto opt = [&](const char* flag) -> const std::string* {
-    auto it = a.options.find(flag);
-    return it == a.options.end() ? nullptr : &it->second;
-  };
-  if (auto v = opt("--image-threshold"))
-    j["exit_threshold_image"] = parse_number("--image-threshold", *v);
-  if (auto v = opt("--text-threshold"))
-    j["exit_threshold_text"] = parse_number("--text-threshold", *v);
-  if (auto v = opt("--decoder-threshold"))
-    j["exit_threshold_decoder"] = parse_number("--decoder-threshold", *v);
-  if (auto v = opt("--schedule")) j["decoder_schedule"] = *v;
-  if (auto v = opt("--kv-cache")) j["skipped_layer_cache"] = *v;
-  if (auto v = opt("--fixed-depth")) {
-    std::vector<int> depths;
-    std::stringstream ss(*v);
-    std::string part;
-    while (std::getline(ss, part, ',')) depths.push_back(parse_count("--fixed-depth", part, 0));
-    if (depths.size() != 3) fail("--fixed-depth needs three numbers I,T,D, got \"" + *v + "\"");
-    j["fixed_depth_image"] = depths[0];
-    j["fixed_depth_text"] = depths[1];
-    j["fixed_depth_decoder"] = depths[2];
-  }
-  return mue::ExitPolicy::from_json(j, "command-line exit policy");
 }
 
 std::string layers_text(const std::vector<int>& layers) {
@@ -198,24 +141,24 @@ void print_exits(const mue::ExitStatistics& e, const mue::StageSeconds& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Args a = parse(argc, argv);
+  mue::adopt_openmp_wait_policy(argv);  // before any OpenMP work: see mue/runtime.h
+  Args a;
   try {
-    mue::EngineOptions options;
-    if (a.options.count("--threads"))
-      options.threads = parse_count("--threads", a.options["--threads"], 0);
-    const std::string file = policy_file(a);
-    options.exit_policy = make_policy(a, file);
-    if (!std::filesystem::exists(a.model))
-      fail("model directory " + a.model + " does not exist (set --model or MUE_MODEL)");
-    auto engine = mue::Engine::load(a.model, options);
-    if (a.options.count("--beam"))
-      engine->generation().beam_size = parse_count("--beam", a.options["--beam"], 1);
-    if (a.options.count("--max-len"))
-      engine->generation().max_len = parse_count("--max-len", a.options["--max-len"], 1);
+    a = parse(argc, argv);
+  } catch (const mue::Error& e) {
+    fail(e.what());
+  }
+  try {
+    const std::string model = apps::find_model(a.engine.model);
+    mue::EngineOptions options = a.engine.engine_options();
+    const std::string file = policy_file(a, model);
+    const mue::ExitPolicy start = file.empty() ? mue::ExitPolicy() : mue::ExitPolicy::load(file);
+    options.exit_policy = a.exits.apply(start);  // Engine::load checks it against the model
+    auto engine = mue::Engine::load(model, options);
     const mue::ModelConfig& cfg = engine->config();
 
     if (a.command == "info") {
-      nlohmann::json info = {{"model", a.model},
+      nlohmann::json info = {{"model", model},
                              {"name", cfg.name},
                              {"encoder_mode", mue::encoder_mode_name(cfg.encoder_mode)},
                              {"d_model", cfg.d_model},
@@ -227,23 +170,30 @@ int main(int argc, char** argv) {
       return 0;
     }
 
+    // The command's calls: the engine's default policy (chosen above), the search settings of
+    // --beam and --max-len.
+    mue::CallOptions with_exits;
+    with_exits.generation = a.engine.generation(*engine);
+    mue::CallOptions full_depth = with_exits;
+    full_depth.exit_policy = mue::ExitPolicy::full_depth();
+
     mue::PreparedImage image = engine->prepare_image(a.image);
     nlohmann::json out;
     double run_seconds = 0;
-    auto run = [&]() -> nlohmann::json {
+    auto run = [&](const mue::CallOptions& call, bool print) -> nlohmann::json {
       if (a.command == "caption") {
-        mue::CaptionResult r = engine->caption(image);
+        mue::CaptionResult r = engine->caption(image, call);
         run_seconds = r.seconds.total - r.seconds.preprocess;
-        if (!a.json) {
+        if (print) {
           std::cout << "caption:  " << r.caption << "\n";
           print_exits(r.exits, r.seconds);
         }
         return r.to_json();
       }
-      mue::EntailmentResult r = engine->entail(image, a.premise, a.hypothesis);
+      mue::EntailmentResult r = engine->entail(image, a.premise, a.hypothesis, call);
       run_seconds = r.seconds.total - r.seconds.preprocess;
-      if (!a.json) {
-        std::cout << std::setprecision(3) << std::fixed << "answer:   " << r.label
+      if (print) {
+        std::cout << std::setprecision(3) << std::fixed << "answer:   " << r.label_name()
                   << " (entailment " << r.p_entailment << ", neutral " << r.p_neutral
                   << ", contradiction " << r.p_contradiction << ")\n";
         print_exits(r.exits, r.seconds);
@@ -254,30 +204,23 @@ int main(int argc, char** argv) {
       // Warm up (oneDNN creates its primitives on first use), then alternate exits and full
       // depth a few times so that machine drift hits both alike; report the medians.
       constexpr int kRepeats = 3;
-      mue::ExitPolicy chosen = engine->exit_policy();
-      bool quiet = a.json;
-      a.json = true;
-      run();
-      std::vector<double> with_exits, full;
+      run(with_exits, false);
+      std::vector<double> exit_times, full_times;
+      nlohmann::json full_json;
       for (int i = 0; i < kRepeats; ++i) {
-        engine->set_exit_policy(chosen);
         engine->clear_image_cache();
-        run();
-        with_exits.push_back(run_seconds);
-        engine->set_exit_policy(mue::ExitPolicy::full_depth());
+        run(with_exits, false);
+        exit_times.push_back(run_seconds);
         engine->clear_image_cache();
-        out["full_depth"] = run();
-        full.push_back(run_seconds);
+        full_json = run(full_depth, false);
+        full_times.push_back(run_seconds);
       }
-      a.json = quiet;
-      engine->set_exit_policy(chosen);
       engine->clear_image_cache();
-      std::sort(with_exits.begin(), with_exits.end());
-      std::sort(full.begin(), full.end());
-      double exit_s = with_exits[kRepeats / 2], full_s = full[kRepeats / 2];
-      nlohmann::json full_depth = out["full_depth"];
-      out = run();
-      out["full_depth"] = full_depth;
+      std::sort(exit_times.begin(), exit_times.end());
+      std::sort(full_times.begin(), full_times.end());
+      double exit_s = exit_times[kRepeats / 2], full_s = full_times[kRepeats / 2];
+      out = run(with_exits, !a.json);
+      out["full_depth"] = full_json;
       out["median_seconds_with_exits"] = exit_s;
       out["median_seconds_full_depth"] = full_s;
       out["measured_time_reduction"] = 1.0 - exit_s / full_s;
@@ -286,12 +229,12 @@ int main(int argc, char** argv) {
                   << 1000 * full_s << " ms at full depth (medians of " << kRepeats
                   << "): " << 100.0 * (1.0 - exit_s / full_s) << "% wall-clock saved\n";
     } else {
-      out = run();
+      out = run(with_exits, !a.json);
     }
+    const mue::ExitPolicy& p = engine->default_exit_policy();
     out["policy_file"] = file.empty() ? nlohmann::json(nullptr) : nlohmann::json(file);
-    out["policy"] = engine->exit_policy().to_json();
+    out["policy"] = p.to_json();
     if (!a.json) {
-      const mue::ExitPolicy& p = engine->exit_policy();
       std::cout << "policy:   " << (file.empty() ? std::string("defaults") : file)
                 << std::setprecision(4) << std::defaultfloat << " -> thresholds image "
                 << p.exit_threshold_image << ", text " << p.exit_threshold_text << ", decoder "

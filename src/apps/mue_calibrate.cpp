@@ -4,15 +4,25 @@
 // dump.
 //
 //   mue-calibrate --dev-dump DIR --out POLICY.json [--test-dump DIR] [--target 0.99] [options]
-#include <cstdlib>
+#include <cmath>
+#include <filesystem>
 #include <iostream>
+#include <map>
 
-#include "apps/bench_common.h"
+#include "apps/common/bench_dump.h"
+#include "apps/common/exit_settings.h"
+#include "apps/common/options.h"
+#include "apps/common/report.h"
+#include "apps/common/runner.h"
+#include "apps/common/settings.h"
+#include "mue/runtime.h"
 
 namespace {
 
-namespace bench = mue::bench;
-using bench::json;
+namespace apps = mue::apps;
+using nlohmann::json;
+
+constexpr const char* kTool = "mue-calibrate";
 
 const char* kUsage = R"(usage: mue-calibrate --dev-dump DIR --out POLICY.json [options]
 
@@ -37,23 +47,19 @@ options:
   --stacks LIST             stacks to search, in order (default image,text,decoder)
   --schedules LIST          decoder schedules to search with the decoder threshold
                             (static, decaying, calm; default: static only)
-  --kv propagate|reference  skipped decoder layers' cache (default propagate)
+  --kv-cache NAME           skipped decoder layers' cache: propagate (default) or reference
+                            (--kv NAME: the same)
   --rounds N                at most N rounds over the stacks (default 2)
   --task ve|caption         default: inferred from the manifests
-  --model DIR               model directory (default: $MUE_MODEL, else the embedded model)
-  --threads N, --batch-size N, --beam N, --max-len N   as for mue-bench
+%ENGINE%  --batch-size N            samples per engine call (default 1)
   --limit N, --test-limit N only the first N manifest entries of the dev / test dump
   --no-warmup, --no-progress
 )";
 
-[[noreturn]] void usage_error(const std::string& message) {
-  std::cerr << "mue-calibrate: " << message << "\n(mue-calibrate --help for usage)\n";
-  std::exit(2);
-}
-
-std::string default_model_dir() {
-  if (const char* env = std::getenv("MUE_MODEL")) return env;
-  return MUE_DEFAULT_MODEL;
+std::string usage() {
+  std::string text = kUsage;
+  text.replace(text.find("%ENGINE%"), 8, apps::kEngineFlagsHelp);
+  return text;
 }
 
 enum class Stack { kImage, kText, kDecoder };
@@ -64,8 +70,8 @@ const char* stack_name(Stack s) {
 
 std::vector<double> parse_grid(const std::string& flag, const std::string& text) {
   std::vector<double> grid;
-  for (const std::string& v : bench::split(text, ',')) {
-    double x = bench::parse_double(flag, v);
+  for (const std::string& v : apps::split(text, ',')) {
+    double x = apps::parse_double(flag, v);
     if (!(x > 0 && x <= 1)) throw mue::Error(flag + ": threshold " + v + " is outside (0, 1]");
     grid.push_back(x);
   }
@@ -74,70 +80,69 @@ std::vector<double> parse_grid(const std::string& flag, const std::string& text)
 }
 
 struct Args {
-  std::string dev_dump, test_dump, out, json_out, model = default_model_dir(), metric;
-  std::optional<bench::Task> task;
+  std::string dev_dump, test_dump, out, json_out, metric;
+  std::optional<apps::Task> task;
+  apps::EngineFlags engine;
   double target = 0.99;
   bool objective_measured = true, warmup = true, progress = true;
   std::map<Stack, std::vector<double>> grids;
   std::vector<Stack> stacks{Stack::kImage, Stack::kText, Stack::kDecoder};
   std::vector<mue::DecoderSchedule> schedules{mue::DecoderSchedule::kStatic};
   mue::SkippedLayerCache kv = mue::SkippedLayerCache::kPropagate;
-  int rounds = 2, threads = 0, batch_size = 1, beam = 0, max_len = 0;
+  int rounds = 2, batch_size = 1;
   size_t limit = 0, test_limit = 0;
 };
+
+// One exit-policy field read with the exit-settings grammar, e.g. a --schedules entry.
+mue::ExitPolicy policy_with(const char* key, const std::string& value, const std::string& flag) {
+  json fields = json::object();
+  apps::apply_exit_setting(fields, apps::exit_setting_named(key, flag), value, flag);
+  return mue::ExitPolicy::from_json(fields, flag);
+}
 
 Args parse(int argc, char** argv) {
   Args a;
   std::vector<double> grid = {0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0};
   std::map<Stack, std::vector<double>> own;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage_error(arg + " needs a value");
-      return argv[++i];
-    };
-    auto positive = [&](const std::string& text) {
-      int v = bench::parse_int(arg, text);
-      if (v < 1) throw mue::Error(arg + " must be at least 1, got " + text);
-      return v;
-    };
+  apps::ArgReader args(argc, argv);
+  while (!args.done()) {
+    const std::string arg = args.next();
+    if (a.engine.take(arg, args)) continue;
     if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage;
+      std::cout << usage();
       std::exit(0);
     } else if (arg == "--dev-dump") {
-      a.dev_dump = value();
+      a.dev_dump = args.value(arg);
     } else if (arg == "--test-dump") {
-      a.test_dump = value();
+      a.test_dump = args.value(arg);
     } else if (arg == "--out") {
-      a.out = value();
+      a.out = args.value(arg);
     } else if (arg == "--json") {
-      a.json_out = value();
-    } else if (arg == "--model") {
-      a.model = value();
+      a.json_out = args.value(arg);
     } else if (arg == "--task") {
-      a.task = bench::parse_task(value());
+      a.task = apps::parse_task(args.value(arg));
     } else if (arg == "--metric") {
-      a.metric = value();
+      a.metric = args.value(arg);
     } else if (arg == "--target") {
-      a.target = bench::parse_double(arg, value());
+      a.target = apps::parse_double(arg, args.value(arg));
       if (!(a.target > 0 && a.target <= 1.5))
         throw mue::Error("--target must be a retention ratio such as 0.99");
     } else if (arg == "--objective") {
-      std::string v = value();
+      std::string v = args.value(arg);
       if (v != "measured" && v != "expected")
         throw mue::Error("--objective must be measured or expected, got \"" + v + "\"");
       a.objective_measured = v == "measured";
     } else if (arg == "--grid") {
-      grid = parse_grid(arg, value());
+      grid = parse_grid(arg, args.value(arg));
     } else if (arg == "--image-grid") {
-      own[Stack::kImage] = parse_grid(arg, value());
+      own[Stack::kImage] = parse_grid(arg, args.value(arg));
     } else if (arg == "--text-grid") {
-      own[Stack::kText] = parse_grid(arg, value());
+      own[Stack::kText] = parse_grid(arg, args.value(arg));
     } else if (arg == "--decoder-grid") {
-      own[Stack::kDecoder] = parse_grid(arg, value());
+      own[Stack::kDecoder] = parse_grid(arg, args.value(arg));
     } else if (arg == "--stacks") {
       a.stacks.clear();
-      for (const std::string& s : bench::split(value(), ',')) {
+      for (const std::string& s : apps::split(args.value(arg), ',')) {
         if (s == "image")
           a.stacks.push_back(Stack::kImage);
         else if (s == "text")
@@ -150,38 +155,29 @@ Args parse(int argc, char** argv) {
       if (a.stacks.empty()) throw mue::Error("--stacks is empty");
     } else if (arg == "--schedules") {
       a.schedules.clear();
-      for (const std::string& s : bench::split(value(), ',')) {
-        json j = {{"decoder_schedule", s}};
-        a.schedules.push_back(mue::ExitPolicy::from_json(j, "--schedules").decoder_schedule);
-      }
+      for (const std::string& s : apps::split(args.value(arg), ','))
+        a.schedules.push_back(policy_with("decoder_schedule", s, arg).decoder_schedule);
       if (a.schedules.empty()) throw mue::Error("--schedules is empty");
-    } else if (arg == "--kv") {
-      json j = {{"skipped_layer_cache", value()}};
-      a.kv = mue::ExitPolicy::from_json(j, "--kv").skipped_layer_cache;
+    } else if (arg == "--kv" || arg == "--kv-cache") {
+      a.kv = policy_with("skipped_layer_cache", args.value(arg), arg).skipped_layer_cache;
     } else if (arg == "--rounds") {
-      a.rounds = positive(value());
-    } else if (arg == "--threads") {
-      a.threads = positive(value());
+      a.rounds = apps::parse_count(arg, args.value(arg), 1);
     } else if (arg == "--batch-size") {
-      a.batch_size = positive(value());
-    } else if (arg == "--beam") {
-      a.beam = positive(value());
-    } else if (arg == "--max-len") {
-      a.max_len = positive(value());
+      a.batch_size = apps::parse_count(arg, args.value(arg), 1);
     } else if (arg == "--limit") {
-      a.limit = static_cast<size_t>(positive(value()));
+      a.limit = static_cast<size_t>(apps::parse_count(arg, args.value(arg), 1));
     } else if (arg == "--test-limit") {
-      a.test_limit = static_cast<size_t>(positive(value()));
+      a.test_limit = static_cast<size_t>(apps::parse_count(arg, args.value(arg), 1));
     } else if (arg == "--no-warmup") {
       a.warmup = false;
     } else if (arg == "--no-progress") {
       a.progress = false;
     } else {
-      usage_error("unexpected argument \"" + arg + "\"");
+      throw mue::Error("unexpected argument \"" + arg + "\"");
     }
   }
-  if (a.dev_dump.empty()) usage_error("--dev-dump DIR is required");
-  if (a.out.empty()) usage_error("--out POLICY.json is required");
+  if (a.dev_dump.empty()) throw mue::Error("--dev-dump DIR is required");
+  if (a.out.empty()) throw mue::Error("--out POLICY.json is required");
   for (Stack s : {Stack::kImage, Stack::kText, Stack::kDecoder})
     a.grids[s] = own.count(s) ? own[s] : grid;
   return a;
@@ -227,60 +223,59 @@ json numbers_json(const Measured& m) {
 }
 
 struct Context {
-  mue::Engine* engine = nullptr;
-  bench::RunOptions run_options;
+  const mue::Engine* engine = nullptr;
+  apps::RunOptions run_options;
   std::string metric;
 };
 
 // Runs `settings` (full depth added first) on a dump; returns the summaries in that order.
-json run_and_summarize(Context& ctx, const bench::BenchDump& dump,
-                       const std::vector<bench::Setting>& settings, json* dump_json) {
-  bench::RunResult result =
-      bench::run_settings(*ctx.engine, dump, bench::with_baseline(settings), ctx.run_options);
-  *dump_json = bench::dump_summary(dump, result);
+json run_and_summarize(Context& ctx, const apps::BenchDump& dump,
+                       const std::vector<apps::Setting>& settings, json* dump_json) {
+  apps::RunResult result =
+      apps::run_settings(*ctx.engine, dump, apps::with_baseline(settings), ctx.run_options);
+  *dump_json = apps::dump_summary(dump, result);
   if ((*dump_json)["scored"].get<size_t>() == 0)
     throw mue::Error("no sample of " + dump.dir.string() + " could be run");
-  return bench::summarize_settings(dump, result, ctx.engine->config(), {ctx.metric, false});
+  return apps::summarize_settings(dump, result, ctx.engine->config(), {ctx.metric, false});
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  mue::adopt_openmp_wait_policy(argv);  // before any OpenMP work: see mue/runtime.h
   Args a;
-  bench::BenchDump dev, test;
+  apps::BenchDump dev, test;
   try {
     a = parse(argc, argv);
     for (const std::string& d : {a.dev_dump, a.test_dump})
       if (!d.empty() && !std::filesystem::is_directory(d))
         throw mue::Error("dump directory " + d + " does not exist");
-    dev = bench::load_dump(a.dev_dump, a.task, a.limit);
+    dev = apps::load_dump(a.dev_dump, a.task, a.limit);
     if (!a.test_dump.empty()) {
-      test = bench::load_dump(a.test_dump, a.task ? a.task : std::optional(dev.task), a.test_limit);
+      test = apps::load_dump(a.test_dump, a.task ? a.task : std::optional(dev.task), a.test_limit);
       if (test.task != dev.task) throw mue::Error("the dev and test dumps hold different tasks");
     }
-    if (a.metric.empty()) a.metric = bench::default_quality_metric(dev.task);
-    bench::check_quality_metric(dev.task, a.metric);
+    if (a.metric.empty()) a.metric = apps::default_quality_metric(dev.task);
+    apps::check_quality_metric(dev.task, a.metric);
   } catch (const mue::Error& e) {
-    usage_error(e.what());
+    apps::usage_error(kTool, e.what());
   }
 
   try {
-    if (!std::filesystem::exists(a.model))
-      throw mue::Error("model directory " + a.model + " does not exist (set --model or MUE_MODEL)");
-    mue::EngineOptions options;
-    options.threads = a.threads;
-    auto engine = mue::Engine::load(a.model, options);
-    if (a.beam) engine->generation().beam_size = a.beam;
-    if (a.max_len) engine->generation().max_len = a.max_len;
+    const std::string model = apps::find_model(a.engine.model);
+    const mue::EngineOptions options = a.engine.engine_options();
+    auto engine = mue::Engine::load(model, options);
+    const int threads = engine->threads_per_call();
     Context ctx;
     ctx.engine = engine.get();
     ctx.metric = a.metric;
     ctx.run_options.batch_size = a.batch_size;
     ctx.run_options.warmup = a.warmup;
-    ctx.run_options.progress = a.progress && bench::stderr_is_terminal();
+    ctx.run_options.progress = a.progress && apps::stderr_is_terminal();
+    ctx.run_options.call.generation = a.engine.generation(*engine);
 
     // VE runs the decoder once with the static threshold (spec 1.4): schedules do not apply.
-    if (dev.task == bench::Task::kVe) a.schedules = {mue::DecoderSchedule::kStatic};
+    if (dev.task == apps::Task::kVe) a.schedules = {mue::DecoderSchedule::kStatic};
     mue::ExitPolicy current;
     current.skipped_layer_cache = a.kv;
     current.decoder_schedule = a.schedules.front();
@@ -288,7 +283,7 @@ int main(int argc, char** argv) {
     json search = json::array(), dev_dump_json, dev_settings;
     bool bad_reported = false;
     int rounds_run = 0;
-    std::cout << "mue-calibrate: " << a.dev_dump << " (" << bench::task_name(dev.task) << "), "
+    std::cout << "mue-calibrate: " << a.dev_dump << " (" << apps::task_name(dev.task) << "), "
               << a.metric << " retention >= " << a.target << ", objective "
               << (a.objective_measured ? "measured wall-clock" : "expected (layer-count)")
               << " time reduction\n";
@@ -306,19 +301,19 @@ int main(int argc, char** argv) {
             mue::ExitPolicy p = with_stack(current, stack, v);
             p.decoder_schedule = s;
             bool seen = false;
-            for (const auto& c : candidates) seen = seen || bench::same_policy(c, p);
+            for (const auto& c : candidates) seen = seen || apps::same_policy(c, p);
             if (!seen) candidates.push_back(p);
           }
         }
-        std::vector<bench::Setting> settings;
+        std::vector<apps::Setting> settings;
         for (const auto& p : candidates)
-          if (!bench::same_policy(p, mue::ExitPolicy::full_depth()))
-            settings.push_back({bench::policy_name(p), p});
+          if (!apps::same_policy(p, mue::ExitPolicy::full_depth()))
+            settings.push_back({apps::policy_name(p), p});
         ctx.run_options.label =
             "mue-calibrate round " + std::to_string(round) + " " + stack_name(stack);
         json summaries = run_and_summarize(ctx, dev, settings, &dev_dump_json);
         if (!bad_reported) {
-          bench::report_bad_samples(dev_dump_json, "mue-calibrate");
+          apps::report_bad_samples(dev_dump_json, kTool);
           bad_reported = true;
         }
         const json& baseline = summaries[0];
@@ -341,10 +336,10 @@ int main(int argc, char** argv) {
           search.push_back({{"round", round},
                             {"stack", stack_name(stack)},
                             {"policy", p.to_json()},
-                            {"name", bench::policy_name(p)},
+                            {"name", apps::policy_name(p)},
                             {"feasible", feasible},
                             {"numbers", numbers_json(m)}});
-          if (!feasible || bench::same_policy(p, current) ||
+          if (!feasible || apps::same_policy(p, current) ||
               std::abs(m.expected - now.expected) < 1e-12)
             continue;
           double objective = a.objective_measured ? m.measured : m.expected;
@@ -357,11 +352,11 @@ int main(int argc, char** argv) {
           }
         }
         std::cout << "  round " << round << ", " << stack_name(stack) << ": " << candidates.size()
-                  << " candidates -> " << bench::policy_name(best) << " (retention "
-                  << bench::fixed(best_numbers.retention.value_or(0), 4) << ", measured "
-                  << bench::percent_or_na(best_numbers.measured) << ", expected "
-                  << bench::percent_or_na(best_numbers.expected) << ")\n";
-        if (!bench::same_policy(best, current)) changed = true;
+                  << " candidates -> " << apps::policy_name(best) << " (retention "
+                  << apps::fixed(best_numbers.retention.value_or(0), 4) << ", measured "
+                  << apps::percent_or_na(best_numbers.measured) << ", expected "
+                  << apps::percent_or_na(best_numbers.expected) << ")\n";
+        if (!apps::same_policy(best, current)) changed = true;
         current = best;
         current_numbers = best_numbers;
         json chosen = best_numbers.summary;
@@ -377,33 +372,35 @@ int main(int argc, char** argv) {
     policy["comment"] = "written by mue-calibrate: the largest " +
                         std::string(a.objective_measured ? "measured wall-clock" : "expected") +
                         " time reduction on the dev dump with " + a.metric +
-                        " retention >= " + bench::short_number(a.target);
+                        " retention >= " + apps::short_number(a.target);
     json calibration = numbers_json(*current_numbers);
     calibration["target_retention"] = a.target;
     calibration["metric"] = a.metric;
     calibration["objective"] = a.objective_measured ? "measured" : "expected";
     calibration["dev_dump"] = a.dev_dump;
     calibration["dev_samples"] = dev_dump_json["scored"];
-    calibration["model"] = a.model;
+    calibration["model"] = model;
     calibration["batch_size"] = a.batch_size;
-    calibration["threads"] = mue::num_threads();
+    calibration["threads"] = threads;
+    calibration["workers"] = options.workers;
     calibration["rounds"] = rounds_run;
     policy["calibration"] = calibration;
-    if (!bench::same_policy(mue::ExitPolicy::from_json(policy, "the calibrated policy"), current))
+    if (!apps::same_policy(mue::ExitPolicy::from_json(policy, "the calibrated policy"), current))
       throw mue::Error("internal: the written policy does not read back as chosen");
-    bench::write_json(a.out, policy);
+    apps::write_json(a.out, policy);
 
-    std::cout << "\nchosen exit policy (" << a.out << "): " << bench::policy_name(current)
+    std::cout << "\nchosen exit policy (" << a.out << "): " << apps::policy_name(current)
               << "\n\ndev (" << a.dev_dump << ", " << dev_dump_json["scored"]
               << " samples), from the last search step:\n";
-    bench::print_table(std::cout, dev_settings, dev.task, a.metric);
+    apps::print_table(std::cout, dev_settings, dev.task, a.metric);
 
-    json report = {{"tool", "mue-calibrate"},
-                   {"model", bench::model_summary(a.model, engine->config())},
-                   {"task", bench::task_name(dev.task)},
-                   {"threads", mue::num_threads()},
+    json report = {{"tool", kTool},
+                   {"model", apps::model_summary(model, engine->config())},
+                   {"task", apps::task_name(dev.task)},
+                   {"threads", threads},
+                   {"workers", options.workers},
                    {"batch_size", a.batch_size},
-                   {"timing", bench::kTimingNote},
+                   {"timing", apps::kTimingNote},
                    {"quality_metric", a.metric},
                    {"target_retention", a.target},
                    {"policy", policy},
@@ -413,17 +410,17 @@ int main(int argc, char** argv) {
       ctx.run_options.label = "mue-calibrate test";
       json test_dump_json;
       json test_settings = run_and_summarize(ctx, test, {{"calibrated", current}}, &test_dump_json);
-      bench::report_bad_samples(test_dump_json, "mue-calibrate");
+      apps::report_bad_samples(test_dump_json, kTool);
       std::cout << "\ntest (" << a.test_dump << ", " << test_dump_json["scored"] << " samples):\n";
-      bench::print_table(std::cout, test_settings, test.task, a.metric);
+      apps::print_table(std::cout, test_settings, test.task, a.metric);
       report["test"] = {{"dump", test_dump_json}, {"settings", test_settings}};
     }
-    if (!a.json_out.empty()) bench::write_json(a.json_out, report);
+    if (!a.json_out.empty()) apps::write_json(a.json_out, report);
   } catch (const mue::Error& e) {
-    std::cerr << "mue-calibrate: " << e.what() << "\n";
+    std::cerr << kTool << ": " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "mue-calibrate: unexpected error: " << e.what() << "\n";
+    std::cerr << kTool << ": unexpected error: " << e.what() << "\n";
     return 1;
   }
   return 0;

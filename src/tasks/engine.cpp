@@ -189,7 +189,7 @@ struct Engine::Impl {
   std::array<int64_t, 3> answer_ids{};  // entailment, neutral, contradiction
   std::unique_ptr<ImageEncodingCache> cache;
   ArenaPool arenas;      // scratch memory, one arena per call in flight
-  int call_threads = 1;  // OpenMP threads of a call run on the calling thread
+  int call_threads = 1;  // OpenMP threads of a call, or of a worker's sample
   std::unique_ptr<WorkerPool> workers;
 
   // One call's settings: the call's own where given, else the engine's defaults.
@@ -238,7 +238,9 @@ std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineO
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   const int cores = hardware_threads();
-  impl->call_threads = options.threads > 0 ? options.threads : cores;
+  impl->call_threads = options.threads > 0   ? options.threads
+                       : options.workers > 0 ? std::max(1, cores / options.workers)
+                                             : cores;
   ThreadCountScope threads(impl->call_threads);
   impl->model = OfaModel::load(model_dir);
   const ModelConfig& cfg = impl->model->config();
@@ -286,14 +288,14 @@ std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineO
       cfg.encoder_mode == EncoderMode::kDecomposed ? options.image_cache_bytes : 0);
   if (options.workers > 0) {
     // Each worker runs whole samples; the cores are shared out among them unless told.
-    int per_worker = options.threads > 0 ? options.threads : std::max(1, cores / options.workers);
-    impl->workers = std::make_unique<WorkerPool>(options.workers, per_worker);
+    impl->workers = std::make_unique<WorkerPool>(options.workers, impl->call_threads);
   }
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
 const ModelConfig& Engine::config() const { return impl_->model->config(); }
 const EngineOptions& Engine::options() const { return impl_->options; }
+int Engine::threads_per_call() const { return impl_->call_threads; }
 const ExitPolicy& Engine::default_exit_policy() const { return impl_->options.exit_policy; }
 const GenerationSettings& Engine::default_generation() const { return impl_->generation; }
 void Engine::check_exit_policy(const ExitPolicy& policy) const { impl_->check_policy(policy); }
@@ -376,9 +378,10 @@ std::vector<int64_t> Engine::Impl::entailment_prompt(const std::string& premise,
   if (h.empty()) {
     if (hypothesis.find_first_not_of(" \t\r\n") == std::string::npos)
       throw Error("entailment: the hypothesis is empty");
-    throw Error("entailment: the hypothesis \"" + hypothesis +
-                "\" is empty after OFA's text cleaning (lowercase, punctuation and extra spaces "
-                "removed), which left \"\"");
+    throw Error(
+        "entailment: the hypothesis is empty after OFA's text cleaning (lowercase, punctuation "
+        "and extra spaces removed): \"" +
+        hypothesis + "\" left \"\"");
   }
   std::string text;
   if (premise.empty()) {
