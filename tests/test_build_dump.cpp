@@ -165,6 +165,102 @@ TEST_F(BuildDumpTest, SnliVe) {
   EXPECT_EQ(run.exit_code, 1) << run.output;
 }
 
+// The premise is optional in a dump (bench/DUMPS.md): an SNLI-VE row without sentence1, or with a
+// blank one, becomes a premise-less sample (issue 18: every such row was rejected).
+TEST_F(BuildDumpTest, SnliVeWithoutPremise) {
+  write("flickr/100.jpg", "x");
+  write(
+      "snli_ve_test.jsonl",
+      R"({"Flickr30K_ID": "100", "sentence2": "Animals move.", "gold_label": "entailment", "pairID": "a"})"
+      "\n"
+      R"({"Flickr30K_ID": "100", "sentence1": " ", "sentence2": "Cats sleep.", "gold_label": "contradiction", "pairID": "b"})"
+      "\n"
+      R"({"Flickr30K_ID": "100", "sentence1": "Two dogs run.", "sentence2": "Dogs.", "gold_label": "neutral", "pairID": "c"})"
+      "\n");
+  testing::ToolRun run =
+      build({"snli-ve", "--jsonl", (scratch_ / "snli_ve_test.jsonl").string(), "--flickr-images",
+             (scratch_ / "flickr").string(), "--out", out_.string(), "--strict"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(report()["bad_rows"], 0);
+  Dump<VeSample> dump = read_ve_dump(out_);
+  ASSERT_EQ(dump.samples.size(), 3u);
+  EXPECT_FALSE(dump.samples[0].premise.has_value());
+  EXPECT_EQ(dump.samples[0].hypothesis, "Animals move.");
+  EXPECT_FALSE(dump.samples[1].premise.has_value());
+  EXPECT_EQ(dump.samples[2].premise, "Two dogs run.");
+}
+
+// A build that writes no sample fails (issue 18: it exited 0 with an empty manifest), whether every
+// row was bad or the source had none; the report still says why.
+TEST_F(BuildDumpTest, NoSampleWrittenFails) {
+  write("flickr/100.jpg", "x");
+  write("all_bad.jsonl",
+        R"({"Flickr30K_ID": "100", "sentence2": "h", "gold_label": "-", "pairID": "a"})"
+        "\n"
+        R"({"Flickr30K_ID": "999", "sentence2": "h", "gold_label": "neutral", "pairID": "b"})"
+        "\n");
+  testing::ToolRun run =
+      build({"snli-ve", "--jsonl", (scratch_ / "all_bad.jsonl").string(), "--flickr-images",
+             (scratch_ / "flickr").string(), "--out", out_.string()});
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_NE(run.output.find("no sample written from"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("every row is bad"), std::string::npos) << run.output;
+  EXPECT_EQ(report()["written"], 0);
+  EXPECT_EQ(report()["bad_by_reason"], (json{{"missing image", 1}, {"unknown label", 1}}));
+
+  write("empty.csv", "pairID,Flickr30kID,hypothesis,gold_label\n");
+  fs::remove_all(out_);
+  run = build({"esnli-ve", "--csv", (scratch_ / "empty.csv").string(), "--flickr-images",
+               (scratch_ / "flickr").string(), "--out", out_.string()});
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_NE(run.output.find("the source has no rows"), std::string::npos) << run.output;
+
+  fs::remove_all(out_);
+  run = build({"esnli-ve", "--csv", (scratch_ / "empty.csv").string(), "--flickr-images",
+               (scratch_ / "flickr").string(), "--out", out_.string(), "--limit", "0"});
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("--limit"), std::string::npos) << run.output;
+}
+
+// Sources saved with a UTF-8 byte order mark: the CSV's first column keeps its name (issue 18:
+// pairID was lost and every id became line<N>), and the first JSON line or file still parses.
+TEST_F(BuildDumpTest, ByteOrderMarkIsStripped) {
+  const std::string bom = "\xEF\xBB\xBF";
+  write("flickr/100.jpg", "x");
+  write("esnlive.csv", bom +
+                           "pairID,Flickr30kID,hypothesis,gold_label\n"
+                           "100.jpg#0r1e,100.jpg,A dog.,entailment\n"
+                           "100.jpg#0r1n,100,A cat.,neutral\n");
+  testing::ToolRun run =
+      build({"esnli-ve", "--csv", (scratch_ / "esnlive.csv").string(), "--flickr-images",
+             (scratch_ / "flickr").string(), "--out", out_.string(), "--strict"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  Dump<VeSample> dump = read_ve_dump(out_);
+  ASSERT_EQ(dump.samples.size(), 2u);
+  EXPECT_EQ(dump.samples[0].id, "100.jpg#0r1e");
+  EXPECT_EQ(dump.samples[1].id, "100.jpg#0r1n");
+
+  write(
+      "snli.jsonl",
+      bom +
+          R"({"Flickr30K_ID": "100", "sentence1": "p", "sentence2": "h", "gold_label": "neutral", "pairID": "x1"})"
+          "\n");
+  fs::remove_all(out_);
+  run = build({"snli-ve", "--jsonl", (scratch_ / "snli.jsonl").string(), "--flickr-images",
+               (scratch_ / "flickr").string(), "--out", out_.string(), "--strict"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(read_ve_dump(out_).samples.at(0).id, "x1");
+
+  write("coco/1.jpg", "x");
+  write("captions.json", bom + R"({"images": [{"id": 1, "file_name": "1.jpg"}],
+                                   "annotations": [{"image_id": 1, "caption": "A cat."}]})");
+  fs::remove_all(out_);
+  run = build({"coco", "--captions", (scratch_ / "captions.json").string(), "--images",
+               (scratch_ / "coco").string(), "--out", out_.string(), "--strict"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(read_caption_dump(out_).samples.at(0).id, "1");
+}
+
 TEST_F(BuildDumpTest, ESnliVeCsv) {
   write("flickr/100.jpg", "x");
   write("esnlive_test.csv",

@@ -222,6 +222,92 @@ TEST_F(DumpTest, MissingOrEmptyManifestThrowsInEitherMode) {
   }
 }
 
+// issue 18: nlohmann's out_of_range for a number beyond double escaped the reader and aborted the
+// bench; it is a bad line like any other JSON it cannot read.
+TEST_F(DumpTest, NumberBeyondDoubleIsABadLine) {
+  BadLine bad = ve_bad(
+      R"({"id": "p1", "image": "images/a.jpg", "hypothesis": "h", "label": "neutral", "score": 1e999})");
+  EXPECT_EQ(bad.kind, BadLineKind::kBadJson);
+  EXPECT_TRUE(contains(bad.message, "manifest.jsonl:1: not valid JSON")) << bad.message;
+  EXPECT_TRUE(contains(bad.message, "1e999")) << bad.message;
+
+  write_manifest(R"({"id": "c1", "image": "images/a.jpg", "references": ["x"], "n": -1e400})"
+                 "\n"
+                 R"({"id": "c2", "image": "images/b.jpg", "references": ["y"]})"
+                 "\n");
+  Dump<CaptionSample> dump = read_caption_dump(dir_, OnBadLine::kCollect);
+  ASSERT_EQ(dump.samples.size(), 1u);
+  EXPECT_EQ(dump.samples[0].id, "c2");
+  ASSERT_EQ(dump.bad_lines.size(), 1u);
+  EXPECT_EQ(dump.bad_lines[0].line, 1);
+  EXPECT_EQ(dump.bad_lines[0].kind, BadLineKind::kBadJson);
+}
+
+// A manifest saved with a UTF-8 byte order mark reads as without one, even when the mark stands
+// alone on the first line.
+TEST_F(DumpTest, ByteOrderMarkIsSkipped) {
+  write_manifest(
+      "\xEF\xBB\xBF"
+      R"({"id": "p1", "image": "images/a.jpg", "hypothesis": "h", "label": "neutral"})"
+      "\n");
+  Dump<VeSample> dump = read_ve_dump(dir_);
+  ASSERT_EQ(dump.samples.size(), 1u);
+  EXPECT_EQ(dump.samples[0].id, "p1");
+
+  write_manifest(
+      "\xEF\xBB\xBF\n"
+      R"({"id": "p1", "image": "images/a.jpg", "hypothesis": "h", "label": "neutral"})"
+      "\n");
+  dump = read_ve_dump(dir_, OnBadLine::kCollect);
+  EXPECT_TRUE(dump.bad_lines.empty()) << dump.bad_lines[0].message;
+  ASSERT_EQ(dump.samples.size(), 1u);
+  EXPECT_EQ(dump.samples[0].line, 2);
+  EXPECT_EQ(infer_dump_task(dir_), DumpTask::kVe);
+
+  write_manifest("\xEF\xBB\xBF\n\n");
+  EXPECT_THROW(read_ve_dump(dir_, OnBadLine::kCollect), Error);
+}
+
+// The task is told by the first line with "references" or "hypothesis"; a manifest without a
+// sample says so, not that the task is unknown (issue 18: mue-bench said the latter).
+TEST_F(DumpTest, TaskIsInferredAndAnEmptyManifestHasNoSamples) {
+  write_manifest(
+      "garbage\n[1]\n{\"hypothesis\": 1e999}\n"
+      R"({"id": "c1", "image": "images/a.jpg", "references": ["x"]})"
+      "\n");
+  EXPECT_EQ(infer_dump_task(dir_), DumpTask::kCaption);
+  write_manifest(R"({"id": "p1", "hypothesis": "h"})"
+                 "\n");
+  EXPECT_EQ(infer_dump_task(dir_), DumpTask::kVe);
+
+  for (const std::string empty : {"", "\n \n\t\n", "\r\n"}) {
+    write_manifest(empty);
+    try {
+      infer_dump_task(dir_);
+      ADD_FAILURE() << "no error for an empty manifest";
+    } catch (const Error& e) {
+      EXPECT_TRUE(contains(e.what(), "manifest.jsonl has no samples")) << e.what();
+    }
+    try {
+      read_caption_dump(dir_, OnBadLine::kCollect);
+      ADD_FAILURE() << "no error for an empty manifest";
+    } catch (const Error& e) {
+      EXPECT_TRUE(contains(e.what(), "manifest.jsonl has no samples")) << e.what();
+    }
+  }
+
+  write_manifest(R"({"id": "x"})"
+                 "\n");
+  try {
+    infer_dump_task(dir_);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_TRUE(contains(e.what(), "cannot tell the task")) << e.what();
+  }
+  fs::remove(dir_ / "manifest.jsonl");
+  EXPECT_THROW(infer_dump_task(dir_), Error);
+}
+
 TEST(DumpNames, LabelsAndKinds) {
   EXPECT_STREQ(ve_label_name(VeLabel::kNeutral), "neutral");
   EXPECT_STREQ(bad_line_kind_name(BadLineKind::kMissingImage), "missing image");

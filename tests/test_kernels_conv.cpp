@@ -159,7 +159,8 @@ TEST(KernelsConv2d, BadArgumentsThrowError) {
   EXPECT_THROW(Conv2d(weight.data(), nullptr, 0, 4, 3, 1, 1), Error);
   EXPECT_THROW(Conv2d(weight.data(), nullptr, 8, 4, 3, 0, 1), Error);
   EXPECT_THROW(Conv2d(nullptr, nullptr, 8, 4, 3, 1, 1), Error);
-  Conv2d conv(weight.data(), nullptr, 8, 4, 7, 1, 0);
+  const std::vector<float> weight7(8 * 4 * 7 * 7, 0.1f);  // a 7x7 kernel reads 49 taps per pair
+  Conv2d conv(weight7.data(), nullptr, 8, 4, 7, 1, 0);
   std::vector<float> x(5 * 5 * 4), y(8 * 25);
   EXPECT_THROW(conv.forward(x.data(), 1, 5, 5, y.data()), Error);  // smaller than the kernel
   EXPECT_THROW(conv.forward(nullptr, 1, 9, 9, y.data()), Error);

@@ -9,7 +9,8 @@
 Images are linked into DUMP/images/ (absolute symbolic links) or, with --copy, copied. A row that
 cannot become a sample (missing image, unknown label such as SNLI's "-", missing field, no
 captions, duplicate id) is not written: it is counted by reason, listed in DUMP/build_report.json
-and summed up on stderr. --strict turns any such row into a failure (exit status 1).
+and summed up on stderr. --strict turns any such row into a failure (exit status 1); so does a
+build that writes no sample at all. Sources may start with a UTF-8 byte order mark.
 """
 
 import argparse
@@ -59,12 +60,25 @@ def required(row, key):
     return value
 
 
+def optional_text(row, key):
+    """The field as a string, or None when absent or blank (the dump has no empty premise)."""
+    value = row.get(key)
+    if value is None or not str(value).strip():
+        return None
+    return str(value)
+
+
+# "utf-8-sig" drops a leading byte order mark, which would otherwise glue itself to the first CSV
+# column's name (every id became line<N>) or make the first JSON line unreadable.
+SOURCE_ENCODING = "utf-8-sig"
+
+
 # Each reader yields (row reference, sample dict or BadRow). A sample dict holds "id",
 # "source_image" and the task's fields.
 
 
 def read_snli_ve(args):
-    with open(args.jsonl, encoding="utf-8") as f:
+    with open(args.jsonl, encoding=SOURCE_ENCODING) as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -75,20 +89,23 @@ def read_snli_ve(args):
                     raise BadRow("bad JSON", str(e))
                 if not isinstance(row, dict):
                     raise BadRow("bad JSON", "line is not a JSON object")
-                yield "line %d" % line_number, {
+                sample = {
                     "id": str(row.get("pairID") or "line%d" % line_number),
                     "source_image": flickr_image(args.flickr_images,
                                                  required(row, "Flickr30K_ID")),
-                    "premise": str(required(row, "sentence1")),
                     "hypothesis": str(required(row, "sentence2")),
                     "label": ve_label(required(row, "gold_label")),
                 }
+                premise = optional_text(row, "sentence1")  # optional in the dump (DUMPS.md)
+                if premise is not None:
+                    sample["premise"] = premise
+                yield "line %d" % line_number, sample
             except BadRow as bad:
                 yield "line %d" % line_number, bad
 
 
 def read_esnli_ve(args):
-    with open(args.csv, encoding="utf-8", newline="") as f:
+    with open(args.csv, encoding=SOURCE_ENCODING, newline="") as f:
         reader = csv.DictReader(f)
         missing = {"Flickr30kID", "hypothesis", "gold_label"} - set(reader.fieldnames or [])
         if missing:
@@ -111,7 +128,7 @@ def read_esnli_ve(args):
 
 def load_json(path):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding=SOURCE_ENCODING) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise FatalInput("%s: not valid JSON: %s" % (path, e))
@@ -238,6 +255,16 @@ READERS = {
 }
 
 
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("needs a whole number of at least 1, got %r" % text)
+    return value
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -246,7 +273,7 @@ def parse_args(argv):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="dump directory to create (new or empty)")
     common.add_argument("--copy", action="store_true", help="copy images instead of linking them")
-    common.add_argument("--limit", type=int, help="stop after this many samples")
+    common.add_argument("--limit", type=positive_int, help="stop after this many samples")
     common.add_argument("--strict", action="store_true", help="fail if any row is bad")
     p = formats.add_parser("snli-ve", parents=[common], help="SNLI-VE snli_ve_*.jsonl")
     p.add_argument("--jsonl", required=True)
@@ -304,6 +331,11 @@ def build(args):
         summary += "; %d bad rows not written (%s), listed in build_report.json" % (
             len(bad_rows), ", ".join("%d %s" % (n, r) for r, n in sorted(by_reason.items())))
     print(summary, file=sys.stderr)
+    if writer.written == 0:  # a dump without samples is no dump: say so now, not at bench time
+        why = ("every row is bad, see %s" % os.path.join(args.out, "build_report.json")
+               if rows else "the source has no rows")
+        print("build_dump: no sample written from %s: %s" % (source, why), file=sys.stderr)
+        return 1
     return 1 if args.strict and bad_rows else 0
 
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -48,7 +49,12 @@ constexpr DType dtype_of<int64_t>() {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);
+// The element count; throws mue::Error naming the shape when a dimension is negative or the count
+// overflows int64.
 int64_t shape_numel(const Shape& shape);
+// The byte size of a `dtype` tensor of `shape`, or nullopt when a dimension is negative or the
+// element count or byte count overflows: for shapes read from files, which must not wrap around.
+std::optional<size_t> checked_nbytes(const Shape& shape, DType dtype);
 
 constexpr size_t kAlignment = 64;
 

@@ -1,5 +1,7 @@
 #include "mue/tensor.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -54,19 +56,52 @@ std::string shape_str(const Shape& shape) {
   return s + "]";
 }
 
-int64_t shape_numel(const Shape& shape) {
+namespace {
+
+std::optional<int64_t> checked_numel(const Shape& shape) {
+  bool empty = false, overflow = false;
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (d < 0) return std::nullopt;
+    empty |= d == 0;
+    overflow |= __builtin_mul_overflow(n, d, &n);
+  }
+  if (empty) return 0;  // [2^62, 2^62, 0] holds nothing
+  if (overflow) return std::nullopt;
   return n;
+}
+
+}  // namespace
+
+int64_t shape_numel(const Shape& shape) {
+  std::optional<int64_t> n = checked_numel(shape);
+  if (!n)
+    throw Error("shape " + shape_str(shape) +
+                (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })
+                     ? " has a negative dimension"
+                     : " has more elements than int64 can count"));
+  return *n;
+}
+
+std::optional<size_t> checked_nbytes(const Shape& shape, DType dtype) {
+  std::optional<int64_t> n = checked_numel(shape);
+  size_t bytes = 0;
+  if (!n || __builtin_mul_overflow(static_cast<size_t>(*n), dtype_size(dtype), &bytes))
+    return std::nullopt;
+  return bytes;
 }
 
 Tensor Tensor::empty(Shape shape, DType dtype) {
   for (int64_t d : shape)
     if (d < 0) throw Error("Tensor::empty: negative dimension in shape " + shape_str(shape));
+  std::optional<size_t> size = checked_nbytes(shape, dtype);
+  if (!size || *size > SIZE_MAX - kAlignment)
+    throw Error("Tensor::empty: shape " + shape_str(shape) + " of " + dtype_name(dtype) +
+                " is too large: its byte count overflows");
   Tensor t;
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
-  size_t bytes = t.nbytes();
+  size_t bytes = *size;
   size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   void* p = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
   if (!p)

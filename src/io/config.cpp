@@ -48,7 +48,6 @@ class Fields {
         path_(std::move(path)),
         where_(path_.empty() ? source : source + ": " + path_) {}
 
-  const std::string& where() const { return where_; }
   std::string what(const char* key) const { return where_ + ": field \"" + key + "\""; }
 
   // The field's value, or null when absent (an error when required).

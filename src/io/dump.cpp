@@ -88,32 +88,69 @@ CaptionSample parse_caption_line(const json& line, const fs::path& dir, int line
   return s;
 }
 
+// The lines of <dir>/manifest.jsonl, one at a time, without a line end or a leading UTF-8 byte
+// order mark (editors on Windows write one).
+class ManifestLines {
+ public:
+  explicit ManifestLines(const fs::path& dir)
+      : dir_(dir), path_(dir / "manifest.jsonl"), in_(path_) {
+    if (!in_) throw Error("dump " + dir_.string() + ": cannot open " + path_.string());
+  }
+  const fs::path& path() const { return path_; }
+  int number() const { return number_; }
+
+  // The next non-blank line, or false at the end of the file.
+  bool next(std::string& text) {
+    while (std::getline(in_, text)) {
+      if (++number_ == 1 && text.starts_with("\xEF\xBB\xBF")) text.erase(0, 3);
+      if (!text.empty() && text.back() == '\r') text.pop_back();
+      if (text.find_first_not_of(" \t") == std::string::npos) continue;
+      ++nonblank_;
+      return true;
+    }
+    if (in_.bad()) throw Error("dump " + dir_.string() + ": error reading " + path_.string());
+    return false;
+  }
+  // A manifest without a sample is an error whatever the task: said here, before anyone guesses
+  // the task from its lines.
+  void require_samples() const {
+    if (nonblank_ == 0)
+      throw Error("dump " + dir_.string() + ": " + path_.string() +
+                  " has no samples (no non-blank line)");
+  }
+
+ private:
+  fs::path dir_, path_;
+  std::ifstream in_;
+  int number_ = 0, nonblank_ = 0;
+};
+
 template <typename Sample, typename ParseLine>
 Dump<Sample> read_dump(const fs::path& dir, OnBadLine on_bad_line, ParseLine parse_line) {
+  ManifestLines lines(dir);
   Dump<Sample> dump;
-  dump.manifest = dir / "manifest.jsonl";
-  std::ifstream in(dump.manifest);
-  if (!in) throw Error("dump " + dir.string() + ": cannot open " + dump.manifest.string());
-
+  dump.manifest = lines.path();
   std::unordered_map<std::string, int> line_of_id;
   std::string text;
-  int line_number = 0, nonblank_lines = 0;
-  while (std::getline(in, text)) {
-    ++line_number;
-    if (!text.empty() && text.back() == '\r') text.pop_back();
-    if (text.find_first_not_of(" \t") == std::string::npos) continue;
-    ++nonblank_lines;
+  while (lines.next(text)) {
+    const int line_number = lines.number();
     try {
       json line;
       try {
         line = json::parse(text);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {  // also out_of_range: a number beyond double (1e999)
         throw LineProblem{BadLineKind::kBadJson, std::string("not valid JSON: ") + e.what()};
       }
       if (!line.is_object())
         throw LineProblem{BadLineKind::kWrongType,
                           std::string("a line must be a JSON object, not ") + line.type_name()};
-      Sample sample = parse_line(line, dir, line_number);
+      Sample sample;
+      try {
+        sample = parse_line(line, dir, line_number);
+      } catch (const json::exception& e) {  // no nlohmann error may escape a line
+        throw LineProblem{BadLineKind::kWrongType,
+                          std::string("cannot read the line: ") + e.what()};
+      }
       auto [it, inserted] = line_of_id.try_emplace(sample.id, line_number);
       if (!inserted)
         throw LineProblem{
@@ -127,9 +164,7 @@ Dump<Sample> read_dump(const fs::path& dir, OnBadLine on_bad_line, ParseLine par
       dump.bad_lines.push_back({line_number, problem.kind, std::move(message)});
     }
   }
-  if (in.bad()) throw Error("dump " + dir.string() + ": error reading " + dump.manifest.string());
-  if (nonblank_lines == 0)
-    throw Error("dump " + dir.string() + ": " + dump.manifest.string() + " has no samples");
+  lines.require_samples();
   return dump;
 }
 
@@ -165,6 +200,20 @@ const char* bad_line_kind_name(BadLineKind kind) {
       return "duplicate id";
   }
   return "?";
+}
+
+DumpTask infer_dump_task(const fs::path& dir) {
+  ManifestLines lines(dir);
+  std::string text;
+  while (lines.next(text)) {
+    const json line = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!line.is_object()) continue;
+    if (line.contains("references")) return DumpTask::kCaption;
+    if (line.contains("hypothesis")) return DumpTask::kVe;
+  }
+  lines.require_samples();
+  throw Error("dump " + dir.string() + ": cannot tell the task from " + lines.path().string() +
+              " (no line with \"references\" or \"hypothesis\")");
 }
 
 Dump<VeSample> read_ve_dump(const fs::path& dir, OnBadLine on_bad_line) {

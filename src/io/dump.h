@@ -64,11 +64,20 @@ struct Dump {
   std::vector<BadLine> bad_lines;  // in manifest order; empty in OnBadLine::kThrow mode
 };
 
-// Read <dir>/manifest.jsonl. Blank lines are skipped; fields other than the format's are ignored.
-// A missing or unreadable manifest, or one with no line at all, throws mue::Error in either mode.
+// Read <dir>/manifest.jsonl. Blank lines are skipped, and a UTF-8 byte order mark before the first
+// line; fields other than the format's are ignored. A line that is not JSON, or holds a number
+// beyond double's range, is a kBadJson line. A missing or unreadable manifest, or one with no
+// non-blank line ("has no samples"), throws mue::Error in either mode.
 Dump<VeSample> read_ve_dump(const std::filesystem::path& dir,
                             OnBadLine on_bad_line = OnBadLine::kThrow);
 Dump<CaptionSample> read_caption_dump(const std::filesystem::path& dir,
                                       OnBadLine on_bad_line = OnBadLine::kThrow);
+
+enum class DumpTask { kVe, kCaption };
+
+// The task of the dump in `dir`, from the first line that is a JSON object with "references"
+// (captioning) or "hypothesis" (VE). Throws mue::Error when the manifest is missing, has no samples
+// (the same error as the readers'), or no line tells.
+DumpTask infer_dump_task(const std::filesystem::path& dir);
 
 }  // namespace mue

@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -86,26 +88,48 @@ std::shared_ptr<SafeTensorsFile> SafeTensorsFile::open(const std::string& path) 
     Entry e;
     e.dtype = parse_dtype(v["dtype"].get<std::string>(), where);
     for (const auto& d : v["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0)
-        throw Error(where + ": shape has a non-integer or negative dimension");
+      // An unsigned value above INT64_MAX would wrap to a negative int64: refuse it here.
+      if (!d.is_number_integer() ||
+          (d.is_number_unsigned() ? d.get<uint64_t>() > INT64_MAX : d.get<int64_t>() < 0))
+        throw Error(where +
+                    ": shape has a dimension that is not a non-negative int64: " + d.dump());
       e.shape.push_back(d.get<int64_t>());
     }
     if (!v["data_offsets"][0].is_number_unsigned() || !v["data_offsets"][1].is_number_unsigned())
       throw Error(where + ": data_offsets are not non-negative integers");
-    size_t begin = v["data_offsets"][0].get<size_t>();
-    size_t end = v["data_offsets"][1].get<size_t>();
+    uint64_t begin = v["data_offsets"][0].get<uint64_t>();
+    uint64_t end = v["data_offsets"][1].get<uint64_t>();
     if (end < begin || end > data_size)
       throw Error(where + ": data range [" + std::to_string(begin) + "," + std::to_string(end) +
                   ") lies outside the data section of " + std::to_string(data_size) +
                   " bytes (file truncated?)");
     e.offset = begin;
     e.nbytes = end - begin;
-    size_t expected = static_cast<size_t>(shape_numel(e.shape)) * dtype_size(e.dtype);
-    if (expected != e.nbytes)
+    // The byte count is checked: [2^62] F32 would otherwise wrap to 0 and match an empty range.
+    std::optional<size_t> expected = checked_nbytes(e.shape, e.dtype);
+    if (!expected)
       throw Error(where + ": shape " + shape_str(e.shape) + " of " + dtype_name(e.dtype) +
-                  " needs " + std::to_string(expected) + " bytes but the entry has " +
+                  " is too large: its byte count overflows");
+    if (*expected != e.nbytes)
+      throw Error(where + ": shape " + shape_str(e.shape) + " of " + dtype_name(e.dtype) +
+                  " needs " + std::to_string(*expected) + " bytes but the entry has " +
                   std::to_string(e.nbytes));
     file->entries_.emplace(name, std::move(e));
+  }
+  // Tensors must not share bytes: one would be the other's data under another name and shape.
+  std::vector<std::pair<const std::string*, const Entry*>> by_offset;
+  for (const auto& [name, e] : file->entries_)
+    if (e.nbytes) by_offset.emplace_back(&name, &e);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const auto& a, const auto& b) { return a.second->offset < b.second->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const auto& [prev_name, prev] = by_offset[i - 1];
+    const auto& [name, e] = by_offset[i];
+    if (e->offset < prev->offset + prev->nbytes)
+      throw Error("safetensors file " + path + ", tensor \"" + *name + "\": data range [" +
+                  std::to_string(e->offset) + "," + std::to_string(e->offset + e->nbytes) +
+                  ") overlaps tensor \"" + *prev_name + "\" at [" + std::to_string(prev->offset) +
+                  "," + std::to_string(prev->offset + prev->nbytes) + ")");
   }
   return file;
 }
@@ -129,8 +153,16 @@ std::vector<std::string> SafeTensorsFile::names() const {
 
 Tensor SafeTensorsFile::get(const std::string& name) const {
   const Entry& e = entry(name);
+  const char* bytes = data_ + e.offset;
+  // The data section starts wherever the header ends, so an element may sit at an address its
+  // type cannot be read from: such a tensor is copied into aligned memory of its own.
+  if (reinterpret_cast<uintptr_t>(bytes) % dtype_size(e.dtype) != 0) {
+    Tensor copy = Tensor::empty(e.shape, e.dtype);
+    if (e.nbytes) std::memcpy(copy.raw(), bytes, e.nbytes);
+    return copy;
+  }
   auto owner = self_.lock();
-  return Tensor::view(const_cast<char*>(data_ + e.offset), e.shape, e.dtype, owner);
+  return Tensor::view(const_cast<char*>(bytes), e.shape, e.dtype, owner);
 }
 
 void write_safetensors(const std::string& path,

@@ -1,4 +1,5 @@
-// Memory-mapped safetensors files: tensors are views into the mapping, never copies.
+// Memory-mapped safetensors files: tensors are views into the mapping, except those whose data
+// the header leaves misaligned for their element type, which are copied.
 #pragma once
 
 #include <map>
@@ -19,7 +20,8 @@ class SafeTensorsFile {
     size_t nbytes;
   };
 
-  // Maps `path` read-only and validates the header: every entry's dtype, shape and byte range.
+  // Maps `path` read-only and validates the header: every entry's dtype, shape and byte range
+  // (inside the data section, of the shape's size, overlapping no other entry).
   static std::shared_ptr<SafeTensorsFile> open(const std::string& path);
   ~SafeTensorsFile();
 
@@ -29,7 +31,8 @@ class SafeTensorsFile {
   std::vector<std::string> names() const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
-  // A view of the tensor's bytes; the view keeps the mapping alive.
+  // A view of the tensor's bytes that keeps the mapping alive; an owned, aligned copy when the
+  // bytes are not aligned to the element size.
   Tensor get(const std::string& name) const;
 
  private:
