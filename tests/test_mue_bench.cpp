@@ -369,6 +369,8 @@ TEST(MueBenchErrors, BadCommandLinesAndInputsNameTheProblem) {
     std::string message;
   };
   std::ofstream(scratch / "bad_policy.json") << R"({"exit_threshold_image": 1.5})";
+  fs::create_directories(scratch / "empty_dump");
+  std::ofstream(scratch / "empty_dump" / "manifest.jsonl") << "\n";
   std::vector<Case> cases{
       {"--dump /nonexistent/dump", 2, "/nonexistent/dump does not exist"},
       {base + " --setting x=image:1.5", 2, "exit_threshold_image = 1.5"},
@@ -387,6 +389,9 @@ TEST(MueBenchErrors, BadCommandLinesAndInputsNameTheProblem) {
       {base + " --metric cider_d", 2, "not a ve metric"},
       {base + " --task caption", 1, "could be run"},  // no VE line has references
       {base + " --frobnicate", 2, "unexpected argument \"--frobnicate\""},
+      {"--dump " + shell_quote((scratch / "empty_dump").string()) + " --model " +
+           shell_quote(model.string()),
+       2, "has no samples"},
       {"--dump " + shell_quote(dump.dir.string()) + " --model /nonexistent/model", 1,
        "/nonexistent/model"},
   };

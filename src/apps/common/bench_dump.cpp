@@ -19,19 +19,14 @@ Task parse_task(const std::string& text) {
 }
 
 Task infer_task(const fs::path& dump_dir) {
-  fs::path manifest = dump_dir / "manifest.jsonl";
-  std::ifstream in(manifest);
-  if (!in) throw Error("dump " + dump_dir.string() + ": cannot open " + manifest.string());
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object()) continue;
-    if (j.contains("references")) return Task::kCaption;
-    if (j.contains("hypothesis")) return Task::kVe;
+  try {
+    return infer_dump_task(dump_dir) == DumpTask::kCaption ? Task::kCaption : Task::kVe;
+  } catch (const Error& e) {
+    // An empty manifest says so; one whose lines name no task can still be read with --task.
+    std::string why = e.what();
+    if (why.find("cannot tell the task") == std::string::npos) throw;
+    throw Error(why + "; pass --task ve|caption");
   }
-  throw Error("dump " + dump_dir.string() +
-              ": cannot tell the task from the manifest (no line with \"references\" or "
-              "\"hypothesis\"); pass --task ve|caption");
 }
 
 json BadSample::to_json() const {
