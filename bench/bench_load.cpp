@@ -5,10 +5,11 @@
 //              [--threads N] [--json FILE]
 //
 // Latency: single calls (batch 1, image cache cleared, so every call pays for its image pass) on
-// an engine with --threads OpenMP threads, in rounds of `calls` calls quiet and `calls` calls
-// while a child process spins on one core. Throughput: every image of --images as one batch
-// call, on engines with workers 0 (one call, --threads threads), 1 and 2 (one thread each).
-// Prints the machine, the OpenMP environment, medians and p95s, and ratios. Never asserts.
+// an engine with --threads OpenMP threads (default 0: the engine's choice for the model), in rounds
+// of `calls` calls quiet and `calls` calls while a child process spins on one core. Throughput:
+// every image of --images as one batch call, on engines with workers 0 (one call, --threads
+// threads), 1 and 2 (one thread each). Prints the machine, the OpenMP environment, medians and
+// p95s, and ratios. Never asserts.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -122,7 +123,6 @@ int main(int argc, char** argv) {
   Args a = parse(argc, argv);
   try {
     mue::MachineInfo machine = mue::machine_info();
-    const int threads = a.threads > 0 ? a.threads : mue::hardware_threads();
     std::printf("machine: %s; %d cores; CPU ISA: %s; oneDNN %s uses %s\n",
                 machine.cpu_model.c_str(), machine.cores, machine.cpu_isa.c_str(),
                 machine.onednn_version.c_str(), machine.onednn_isa.c_str());
@@ -131,8 +131,9 @@ int main(int argc, char** argv) {
                                                 : machine.openmp_environment.c_str());
 
     mue::EngineOptions latency_options;
-    latency_options.threads = threads;
+    latency_options.threads = a.threads;  // 0: the engine's default for this model
     auto engine = mue::Engine::load(a.model, latency_options);
+    const int threads = engine->threads_per_call();
     std::vector<mue::PreparedImage> images;
     for (const auto& entry : fs::directory_iterator(a.images)) {
       std::string ext = entry.path().extension().string();
@@ -194,8 +195,8 @@ int main(int argc, char** argv) {
     }
 
     const double q50 = percentile(quiet, 0.5), l50 = percentile(loaded, 0.5);
-    std::printf("\nlatency, %s, %d threads, %zu calls each:\n", a.task.c_str(), threads,
-                quiet.size());
+    std::printf("\nlatency, %s, %d thread%s per call, %zu calls each:\n", a.task.c_str(), threads,
+                threads == 1 ? "" : "s", quiet.size());
     std::printf("  quiet:                  median %8.2f ms   p95 %8.2f ms   max %8.2f ms\n",
                 1e3 * q50, 1e3 * percentile(quiet, 0.95), 1e3 * percentile(quiet, 1.0));
     std::printf("  one busy process:       median %8.2f ms   p95 %8.2f ms   max %8.2f ms\n",

@@ -47,8 +47,9 @@ struct GenerationSettings {
 };
 
 struct EngineOptions {
-  // OpenMP threads for one call (each call, whichever thread runs it). 0: all cores, or with
-  // workers, the cores divided among the workers.
+  // OpenMP threads for one call (each call, whichever thread runs it). 0: all cores for models
+  // of width 512 or more (OFA-medium and up), one thread for narrower ones, whose layers are too
+  // small to split; with workers, the cores divided among the workers.
   int threads = 0;
   // 0: calls run on the calling thread. N > 0: N worker threads run the calls' samples, each
   // sample on one worker (as CTranslate2's inter_threads); a batch is spread over the workers.

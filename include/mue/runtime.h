@@ -16,10 +16,11 @@ int num_threads();
 int hardware_threads();
 
 // libgomp reads its waiting policy (OMP_WAIT_POLICY, GOMP_SPINCOUNT) once, as the process
-// loads, before main(). Its default spins, which costs most of a call's time when another
+// loads, before main(). Its default spins long, which costs most of a call's time when another
 // process competes for the cores (bench/README.md, "Under load"). mue's binaries call this first
-// in main(): when neither variable is set, it sets the policy mue measured best and re-executes
-// the binary with the same arguments and environment. Set either variable to choose your own.
+// in main(): when neither variable is set, it sets GOMP_SPINCOUNT=1000 (what mue measured best)
+// and re-executes the binary with the same arguments and environment. Set either variable to
+// choose your own.
 // An application that links the library can call it the same way, or set the variable itself.
 void adopt_openmp_wait_policy(char** argv);
 

@@ -11,8 +11,11 @@
 namespace mue {
 namespace {
 
-// What adopt_openmp_wait_policy sets (bench/README.md, "Under load", has the measurements).
-constexpr const char* kOpenmpWaitPolicy = "PASSIVE";
+// What adopt_openmp_wait_policy sets: idle OpenMP threads spin 1000 times, then sleep. libgomp's
+// default (300,000 spins) made OFA-base 3.2x slower beside one busy process on 2 cores, PASSIVE
+// made the default model's calls 2-5x slower on a quiet machine (waking sleeping threads costs
+// more than its small layers); 1000 spins kept both close (bench/README.md, "Under load").
+constexpr const char* kOpenmpSpinCount = "1000";
 
 }  // namespace
 
@@ -37,11 +40,11 @@ int num_threads() { return omp_get_max_threads(); }
 void adopt_openmp_wait_policy(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
   if (std::getenv("MUE_OPENMP_REEXEC")) return;  // set below: never loop
-  ::setenv("OMP_WAIT_POLICY", kOpenmpWaitPolicy, 1);
+  ::setenv("GOMP_SPINCOUNT", kOpenmpSpinCount, 1);
   ::setenv("MUE_OPENMP_REEXEC", "1", 1);
   ::execv("/proc/self/exe", argv);
   // exec failed (no /proc?): run on with libgomp's defaults.
-  ::unsetenv("OMP_WAIT_POLICY");
+  ::unsetenv("GOMP_SPINCOUNT");
 }
 
 ThreadCountScope::ThreadCountScope(int threads) : previous_(omp_get_max_threads()) {

@@ -31,6 +31,12 @@ namespace {
 
 constexpr int kMaxSourceWords = 80;  // OFA's max_src_length for pre_caption (spec 2.1)
 
+// With threads 0, models at least this wide run each call on all cores and narrower ones on one:
+// OFA-base (768) ran 1.8x faster on 2 cores than on 1, the default model (192) only 1.3-1.4x,
+// and its short parallel regions made calls 3-7x slower beside one busy process, where one
+// thread kept its speed (bench/README.md, "Under load").
+constexpr int kSplitWidth = 512;
+
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
   for (size_t pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size()))
     s.replace(pos, from.size(), to);
@@ -238,11 +244,15 @@ std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineO
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   const int cores = hardware_threads();
-  impl->call_threads = options.threads > 0   ? options.threads
-                       : options.workers > 0 ? std::max(1, cores / options.workers)
-                                             : cores;
+  const ModelConfig config = ModelConfig::load(model_dir + "/config.json");
+  impl->call_threads = options.threads > 0             ? options.threads
+                       : options.workers > 0           ? std::max(1, cores / options.workers)
+                       : config.d_model >= kSplitWidth ? cores
+                                                       : 1;
+  // Loading computes position projections: at the calls' thread count, so that their bits do
+  // not depend on the loading thread's.
   ThreadCountScope threads(impl->call_threads);
-  impl->model = OfaModel::load(model_dir);
+  impl->model = OfaModel::load(config, model_dir + "/model.safetensors");
   const ModelConfig& cfg = impl->model->config();
   std::string where = "model config " + model_dir + "/config.json";
 
