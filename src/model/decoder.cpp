@@ -9,6 +9,21 @@
 #include "model/ofa_model.h"
 
 namespace mue {
+namespace {
+
+// One decoder layer's intermediate rows, for both decoding modes.
+struct LayerScratch {
+  LayerScratch(Arena& arena, size_t n)
+      : normed(arena.floats(n)),
+        q(arena.floats(n)),
+        k(arena.floats(n)),
+        v(arena.floats(n)),
+        h1(arena.floats(n)),
+        h2(arena.floats(n)) {}
+  float *normed, *q, *k, *v, *h1, *h2;
+};
+
+}  // namespace
 
 Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens,
                              const ExitDecision& decoder_exit, std::vector<int>* decoder_layers,
@@ -45,12 +60,7 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
                                        s_len, heads, dims_.head_dim(), cross_bias.data(), s_len);
 
   float* self_bias = arena.floats(self_abs.size());
-  float* normed = arena.floats(batch * sample);
-  float* q = arena.floats(batch * sample);
-  float* k = arena.floats(batch * sample);
-  float* vv = arena.floats(batch * sample);
-  float* h1 = arena.floats(batch * sample);
-  float* h2 = arena.floats(batch * sample);
+  const LayerScratch buf(arena, batch * sample);
   float* y = arena.floats(batch * sample);
   float* final_h = arena.floats(batch * sample);
   const size_t cross_elems = static_cast<size_t>(s_len * d);
@@ -67,13 +77,14 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
     const int64_t nb = static_cast<int64_t>(active.size());
     std::memcpy(self_bias, self_abs.data(), self_abs.size() * sizeof(float));
     add_text_rel_bias(dec_token_rel_[li], t, self_bias, t, 0, 0, t);
-    layer.self_attention_qkv(in, normed, q, k, vv, rows);
+    layer.self_attention_qkv(in, buf.normed, buf.q, buf.k, buf.v, rows);
     AttentionMasking self_mask;
     self_mask.bias = self_bias;
     self_mask.bias_row_stride = t;
     self_mask.causal = true;
-    layer.self_attention_finish(in, q, KeyValueView{k, vv, t * d, dims_.head_dim(), d, t}, nb, t,
-                                self_mask, h1, arena);
+    layer.self_attention_finish(in, buf.q,
+                                KeyValueView{buf.k, buf.v, t * d, dims_.head_dim(), d, t}, nb, t,
+                                self_mask, buf.h1, arena);
     // Cross K/V only for the samples still running: exited samples cost nothing deeper.
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t s = active[i].id;
@@ -87,9 +98,9 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
     cross_mask.bias_row_stride = s_len;
     cross_mask.key_padding = cross_pad.data();
     cross_mask.key_padding_stride = s_len;
-    layer.cross_attention(h1, KeyValueView{ck, cv, s_len * d, dims_.head_dim(), d, s_len}, nb, t,
-                          cross_mask, h2, arena);
-    layer.feed_forward(h2, out, rows, arena);
+    layer.cross_attention(buf.h1, KeyValueView{ck, cv, s_len * d, dims_.head_dim(), d, s_len}, nb,
+                          t, cross_mask, buf.h2, arena);
+    layer.feed_forward(buf.h2, out, rows, arena);
   };
   stack.on_exit = [&](int, const ExitGroup& g, const float* rows) {
     std::memcpy(final_h + g.id * sample, rows, sample * sizeof(float));
@@ -188,12 +199,7 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
                                        enc.cross_pos_k.data<float>(), 1, s_len, heads, dh,
                                        cross_bias.data(), s_len);
 
-  float* normed = arena.floats(n);
-  float* q = arena.floats(n);
-  float* k = arena.floats(n);
-  float* vv = arena.floats(n);
-  float* h1 = arena.floats(n);
-  float* h2 = arena.floats(n);
+  const LayerScratch buf(arena, n);
   float* y = arena.floats(n);
 
   LayerStack stack;
@@ -204,19 +210,19 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
     const DecoderLayer& layer = dec_layers_[li];
     self_bias = self_abs;
     add_text_rel_bias(dec_token_rel_[li], t1, self_bias.data(), t1, 0, 0, 1);
-    layer.self_attention_qkv(in, normed, q, k, vv, active_rows);
+    layer.self_attention_qkv(in, buf.normed, buf.q, buf.k, buf.v, active_rows);
     for (const ExitGroup& g : active) {
       const int64_t first_row = group_first_row[g.id], sample = group_sample[g.id];
-      st.self.append(li, first_row, g.rows, k + g.offset * d, vv + g.offset * d, d);
+      st.self.append(li, first_row, g.rows, buf.k + g.offset * d, buf.v + g.offset * d, d);
       const int64_t tk = st.self.filled(li, first_row);
       // A shorter cache (layers skipped at earlier steps, `reference` mode) takes the bias of
       // the most recent positions: right-aligned, as the released code does (spec 1.3).
       AttentionMasking self_mask;
       self_mask.bias = self_bias.data() + (t1 - tk);
       self_mask.bias_row_stride = t1;
-      layer.self_attention_finish(in + g.offset * d, q + g.offset * d,
+      layer.self_attention_finish(in + g.offset * d, buf.q + g.offset * d,
                                   st.self.view(li, first_row, tk), g.rows, 1, self_mask,
-                                  h1 + g.offset * d, arena);
+                                  buf.h1 + g.offset * d, arena);
       // Cross-attention: the beams of one sample share its encoder K/V (batch stride 0).
       AttentionMasking cross_mask;
       cross_mask.bias = cross_bias.data();
@@ -229,10 +235,10 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
                        dh,
                        d,
                        s_len};
-      layer.cross_attention(h1 + g.offset * d, ckv, g.rows, 1, cross_mask, h2 + g.offset * d,
-                            arena);
+      layer.cross_attention(buf.h1 + g.offset * d, ckv, g.rows, 1, cross_mask,
+                            buf.h2 + g.offset * d, arena);
     }
-    layer.feed_forward(h2, out, active_rows, arena);
+    layer.feed_forward(buf.h2, out, active_rows, arena);
   };
   stack.on_exit = [&](int li, const ExitGroup& g, const float* out_rows) {
     const int64_t first_row = group_first_row[g.id];
