@@ -1,5 +1,6 @@
 // Parity of the C++ OFA forward pass with the PyTorch reference (tools/ofa_reference), on
-// random-weight models of a tiny config and of the real OFA-tiny shapes, both encoder modes.
+// random-weight models of a tiny config and of the real shapes of every OFA size (tiny, and in
+// tests/fixtures/parity_sizes medium, large and huge at a 32x32 image), both encoder modes.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -19,6 +20,20 @@ TEST(OfaModelParity, CommittedFixtures) {
   ASSERT_FALSE(dirs.empty()) << "no fixtures under tests/fixtures/parity";
   for (const auto& dir : dirs) {
     ParityCase c = load_parity_case(dir, work_dir());
+    check_parity_case(c, kTolerance);
+  }
+}
+
+// Medium (ResNet-101, width 512), large and huge (ResNet-152, widths 1024 and 1280, 24 encoder
+// layers, head dim 80), both encoder modes; made by make_fixtures.py --sizes (about a minute of
+// CPU), so the live test below does not remake them every run.
+TEST(OfaModelParity, EveryOfaSize) {
+  auto dirs =
+      parity_case_dirs(std::filesystem::path(MUE_SOURCE_DIR) / "tests/fixtures/parity_sizes");
+  ASSERT_EQ(dirs.size(), 6u) << "medium, large and huge, both encoder modes";
+  for (const auto& dir : dirs) {
+    SCOPED_TRACE(dir.filename().string());
+    ParityCase c = load_parity_case(dir, work_dir() / "sizes");
     check_parity_case(c, kTolerance);
   }
 }

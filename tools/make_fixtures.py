@@ -6,6 +6,7 @@ parameter list, description) and io.safetensors (inputs and reference outputs). 
 not stored: they come from tests/fixtures/SYNTHETIC_WEIGHTS.md with the case's seed.
 
   /usr/bin/python3 tools/make_fixtures.py --out tests/fixtures/parity
+  /usr/bin/python3 tools/make_fixtures.py --sizes --out tests/fixtures/parity_sizes
 
 The output is byte-identical from run to run (single-threaded torch, seeded numpy inputs).
 """
@@ -35,7 +36,7 @@ SMALL_VOCAB = 1000  # up to this size every logit is kept
 @dataclass(frozen=True)
 class Case:
     name: str
-    size: str  # "test" or "tiny" (real OFA-tiny shapes)
+    size: str  # "test", or an OFA size ("tiny" ... "huge": its real shapes)
     encoder_mode: str
     image_size: Tuple[int, int]  # (height, width)
     seed: int  # weights and inputs
@@ -61,6 +62,17 @@ CASES: List[Case] = [
     Case("tiny_joint_96", "tiny", "joint", (96, 96), 202, (8, 3), (5, 6)),
     Case("tiny_joint_32", "tiny", "joint", (32, 32), 203, (5, 12, 1), (2, 6, 3)),
     Case("tiny_decomposed_32x64", "tiny", "decomposed", (32, 64), 204, (11, 4), (6, 3)),
+]
+
+# Every other OFA size at its real shapes (width, heads, head dim, depth, ResNet stages), both
+# encoder modes, at a 32x32 image (a 2x2 grid) so that the largest stays quick (--sizes).
+SIZE_CASES: List[Case] = [
+    Case("medium_decomposed_32", "medium", "decomposed", (32, 32), 301, (9, 4), (5, 2)),
+    Case("medium_joint_32", "medium", "joint", (32, 32), 302, (6, 9), (3, 5)),
+    Case("large_decomposed_32", "large", "decomposed", (32, 32), 401, (8, 5), (4, 3)),
+    Case("large_joint_32", "large", "joint", (32, 32), 402, (5, 8), (5, 2)),
+    Case("huge_decomposed_32", "huge", "decomposed", (32, 32), 501, (7, 4), (4, 3)),
+    Case("huge_joint_32", "huge", "joint", (32, 32), 502, (4, 7), (3, 4)),
 ]
 
 
@@ -136,15 +148,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="fixture directory (cases are replaced)")
     parser.add_argument("--only", nargs="*", default=None, help="case names to (re)write")
+    parser.add_argument("--sizes", action="store_true",
+                        help="the medium, large and huge cases (tests/fixtures/parity_sizes)")
     args = parser.parse_args(argv)
-    names = {c.name for c in CASES}
+    cases = SIZE_CASES if args.sizes else CASES
+    names = {c.name for c in cases}
     unknown = set(args.only or ()) - names
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; known: {sorted(names)}")
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)  # same reductions every run: byte-identical fixtures
-    for case in CASES:
+    for case in cases:
         if args.only and case.name not in args.only:
             continue
         shutil.rmtree(os.path.join(args.out, case.name), ignore_errors=True)
