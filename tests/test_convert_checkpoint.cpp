@@ -237,6 +237,21 @@ TEST(ConvertCheckpoint, BaseShapes) {
   EXPECT_EQ(caption.exits.decoder_layers.size(), caption.tokens.size());
 }
 
+// OFA-large shapes (ResNet-152, width 1024, 12 + 12 layers) through the port's names (joint
+// encoder), float16 to keep the files near 1 GB; the reference runs a 32x32 image.
+TEST(ConvertCheckpoint, LargeShapes) {
+  SKIP_WITHOUT_TORCH();
+  Scratch s("large");
+  Conversion c = convert_and_check(
+      s, "OFA-large", "--size large --layout hf --seed 32 --dtype float16 --io-image-size 32x32",
+      "--fp16 --image-size 480", DType::kF16);
+  ASSERT_FALSE(c.report.is_null());
+  EXPECT_EQ(c.report["config"]["d_model"], 1024);
+  EXPECT_EQ(c.report["config"]["encoder_layers"], 12);
+  EXPECT_EQ(c.report["config"]["resnet_layers"], nlohmann::json({3, 8, 36}));
+  EXPECT_EQ(c.report["config"]["encoder_mode"], "joint");
+}
+
 // -- bad input ------------------------------------------------------------------------------------
 
 // Writes a test-size checkpoint with extra make_test_checkpoint.py arguments.

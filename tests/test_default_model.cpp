@@ -5,12 +5,14 @@
 // CLI on it with the model's calibrated per-task policies.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "bench_app_test.h"
 #include "mue/mue.h"
+#include "mue/runtime.h"
 
 namespace mue::testing {
 namespace {
@@ -127,6 +129,21 @@ TEST(DefaultModelCli, UsesTheShippedPolicyOfEachTask) {
     EXPECT_EQ(out["exits"]["image_layers"], 6);
     EXPECT_EQ(out["exits"]["text_layers"], 6);
   }
+}
+
+// threads 0 means all cores for models of width 512 and more, one thread for narrower ones such
+// as the default model (192), and the cores shared out among workers. (Not in
+// test_engine_threads: its ThreadSanitizer run keeps to one OpenMP thread.)
+TEST(DefaultModelThreads, TheDefaultThreadCountFollowsTheModelsWidth) {
+  EngineOptions automatic;
+  EXPECT_EQ(Engine::load(kModel.string(), automatic)->threads_per_call(), 1);
+  EngineOptions two;
+  two.threads = 2;
+  EXPECT_EQ(Engine::load(kModel.string(), two)->threads_per_call(), 2);
+  EngineOptions workers;
+  workers.workers = 2;
+  EXPECT_EQ(Engine::load(kModel.string(), workers)->threads_per_call(),
+            std::max(1, hardware_threads() / 2));
 }
 
 }  // namespace

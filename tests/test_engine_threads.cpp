@@ -5,7 +5,6 @@
 // (default 2; the ThreadSanitizer build runs it with 1, so that only our threads run).
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -13,7 +12,6 @@
 #include <vector>
 
 #include "mue/mue.h"
-#include "mue/runtime.h"
 
 namespace mue::testing {
 namespace {
@@ -202,20 +200,6 @@ TEST_F(EngineThreadsTest, WorkersGiveTheSerialBitsOfSingleCalls) {
   std::vector<EntailmentQuery> bad = queries;
   bad[3].hypothesis = "  ";
   EXPECT_THROW(workers->entail(bad), Error);
-}
-
-// threads 0 means all cores for models of width 512 and more, one thread for narrower ones such
-// as the default model (192), and the cores shared out among workers.
-TEST_F(EngineThreadsTest, TheDefaultThreadCountFollowsTheModelsWidth) {
-  EngineOptions automatic;
-  EXPECT_EQ(Engine::load(kModel.string(), automatic)->threads_per_call(), 1);
-  EngineOptions two;
-  two.threads = 2;
-  EXPECT_EQ(Engine::load(kModel.string(), two)->threads_per_call(), 2);
-  EngineOptions workers;
-  workers.workers = 2;
-  EXPECT_EQ(Engine::load(kModel.string(), workers)->threads_per_call(),
-            std::max(1, hardware_threads() / 2));
 }
 
 }  // namespace

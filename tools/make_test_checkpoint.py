@@ -47,10 +47,10 @@ import ofa_reference  # noqa: E402
 import safetensors_np  # noqa: E402
 from make_model import parse_image_size  # noqa: E402
 
-SIZES = ("test", "tiny", "base")
+SIZES = ("test", "tiny", "base", "large")
 # fairseq architecture and ResNet type of each size (the test size has no real ResNet type).
 FAIRSEQ_ARCH = {"test": ("ofa_tiny", None), "tiny": ("ofa_tiny", "resnet50"),
-                "base": ("ofa_base", "resnet101")}
+                "base": ("ofa_base", "resnet101"), "large": ("ofa_large", "resnet152")}
 IO_SRC_LENGTHS, IO_TGT_LENGTHS = (12, 5, 1), (6, 3, 1)
 
 
