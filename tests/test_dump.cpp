@@ -137,6 +137,20 @@ TEST_F(DumpTest, BadValue) {
   EXPECT_TRUE(contains(bad.message, "must be a path relative to the dump")) << bad.message;
 }
 
+// An image path may not climb out of the dump directory, even to a file that exists; a ".."
+// that stays inside is fine.
+TEST_F(DumpTest, ImagePathsStayInsideTheDump) {
+  const std::string outside = "../" + dir_.filename().string() + "/images/a.jpg";
+  BadLine bad = caption_bad(R"({"id": "c1", "image": ")" + outside + R"(", "references": ["x"]})");
+  EXPECT_EQ(bad.kind, BadLineKind::kBadValue);
+  EXPECT_TRUE(contains(bad.message, "must stay inside the dump directory")) << bad.message;
+  write_manifest(R"({"id": "c1", "image": "images/../images/a.jpg", "references": ["x"]})"
+                 "\n");
+  auto dump = read_caption_dump(dir_, OnBadLine::kCollect);
+  EXPECT_EQ(dump.samples.size(), 1u);
+  EXPECT_TRUE(dump.bad_lines.empty());
+}
+
 TEST_F(DumpTest, UnknownLabel) {
   BadLine bad = ve_bad(R"({"id": "p1", "image": "images/a.jpg", "hypothesis": "h", "label": "-"})");
   EXPECT_EQ(bad.kind, BadLineKind::kUnknownLabel);

@@ -8,6 +8,7 @@ packages=(
   libjpeg-dev libpng-dev
   python3 python3-numpy python3-torch python3-pil python3-matplotlib libopenblas0-pthread
   dataset-fashion-mnist  # the default model's scenes (training, held-out dumps)
+  clang libclang-rt-14-dev libomp-dev  # tools/fuzz.sh: libFuzzer and clang's OpenMP
 )
 # node and npm are used only by the tokenizer cross-check; a machine may already have them
 # from another source (nodesource ships npm inside nodejs), so look for the commands.

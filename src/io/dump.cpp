@@ -44,6 +44,13 @@ fs::path image_path(const json& line, const fs::path& dir) {
     throw LineProblem{
         BadLineKind::kBadValue,
         "field \"image\" must be a path relative to the dump, not " + relative.string()};
+  // A bench reads the images of its dump, not any file a manifest from elsewhere names: a path
+  // must stay inside the dump directory (a link in it is followed: build_dump.py makes them).
+  const fs::path normal = relative.lexically_normal();
+  if (!normal.empty() && *normal.begin() == "..")
+    throw LineProblem{
+        BadLineKind::kBadValue,
+        "field \"image\" must stay inside the dump directory, not " + relative.string()};
   const fs::path path = dir / relative;
   std::error_code error;
   if (!fs::is_regular_file(path, error))  // follows links: a broken one is missing

@@ -38,7 +38,7 @@ enum class BadLineKind {
   kBadJson,       // not parseable as JSON
   kMissingField,  // a required field is absent
   kWrongType,     // a field (or the line itself) has the wrong JSON type
-  kBadValue,      // an empty string or list, an absolute image path
+  kBadValue,      // an empty string or list, an image path absolute or outside the dump
   kUnknownLabel,  // a VE label other than the three
   kMissingImage,  // the image file does not exist (or is a broken link)
   kDuplicateId,   // an id already used by an earlier line
