@@ -1,5 +1,6 @@
 // Conv2d and max_pool_3x3_s2 against plain NHWC loops (spec 3.3: the ResNet stem and bottleneck
-// shapes), with bias, residual + ReLU, odd spatial sizes and several input shapes per object.
+// shapes), with bias, residual + ReLU, odd spatial sizes and several input shapes per object;
+// the bf16 compute type against the same loops on bf16-rounded operands.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 
 #include "expect_close.h"
 #include "kernels/kernels.h"
+#include "kernels/quantize.h"
 #include "mue/tensor.h"
 
 namespace mue::kernels {
@@ -205,6 +207,51 @@ TEST(KernelsMaxPool, MatchesReferenceAtOddAndEvenSizes) {
   }
   EXPECT_EQ(max_pool_3x3_s2_extent(240), 120);  // 480^2 stem output (spec 3.3)
   EXPECT_THROW(max_pool_3x3_s2_extent(0), Error);
+}
+
+std::vector<float> bf16_rounded(const std::vector<float>& v) {
+  std::vector<uint16_t> bits(v.size());
+  detail::to_bf16(v.data(), bits.data(), static_cast<int64_t>(v.size()));
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = detail::from_bf16(bits[i]);
+  return out;
+}
+
+// bf16 rounds input and weights (nearest even) and accumulates in fp32: against the loop on the
+// rounded operands only fp32 summation order differs. int8 runs its convolutions as bf16.
+TEST(KernelsConv2d, Bf16MatchesReferenceOnRoundedOperands) {
+  if (!compute_type_supported(ComputeType::kBF16))
+    GTEST_SKIP() << "bf16 is not supported by oneDNN on this CPU";
+  const ConvCase cases[] = {
+      {"stem 7x7 s2 p3", {16, 3, 7, 2, 3}, 1, 17, 15, true, false, true},
+      {"3x3 s1 p1 residual relu", {16, 16, 3, 1, 1}, 2, 9, 11, true, true, true},
+      {"1x1 s2 downsample", {32, 16, 1, 2, 0}, 1, 9, 9, true, false, false},
+      {"1x1 256->64", {64, 256, 1, 1, 0}, 1, 7, 5, true, false, true},
+  };
+  uint32_t seed = 60;
+  for (const ConvCase& c : cases) {
+    for (ComputeType type : {ComputeType::kBF16, ComputeType::kInt8}) {
+      SCOPED_TRACE(std::string(c.name) + " " + compute_type_name(type));
+      const Geometry& g = c.g;
+      const auto weight =
+          random_vector(g.out_c * g.in_c * g.kernel * g.kernel, seed++, -0.2f, 0.2f);
+      const auto bias = random_vector(g.out_c, seed++);
+      const auto x = random_vector(c.n * c.h * c.w * g.in_c, seed++);
+      const int64_t ho = extent(c.h, g), wo = extent(c.w, g);
+      const auto residual = random_vector(c.n * ho * wo * g.out_c, seed++);
+      const float* r = c.residual ? residual.data() : nullptr;
+      Conv2d conv(weight.data(), bias.data(), g.out_c, g.in_c, g.kernel, g.stride, g.padding, type);
+      EXPECT_EQ(conv.compute_type(), ComputeType::kBF16);
+      std::vector<float> y(c.n * ho * wo * g.out_c, NAN);
+      conv.forward(x.data(), c.n, c.h, c.w, y.data(), r,
+                   c.relu ? Activation::kRelu : Activation::kNone);
+      expect_close(y,
+                   reference_conv(bf16_rounded(x), bf16_rounded(weight), bias.data(), r, c.relu, g,
+                                  c.n, c.h, c.w),
+                   1e-4, 1e-3);
+      EXPECT_GE(conv.weight_bytes(), size_t(weight.size() * 2 + g.out_c * 4));
+    }
+  }
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "mue/compute_type.h"
 #include "mue/config.h"
 #include "mue/exit_policy.h"
 #include "mue/tensor.h"
@@ -59,6 +60,10 @@ struct EngineOptions {
   std::optional<GenerationSettings> generation;  // unset: the model config's caption settings
   size_t image_cache_bytes = size_t{256} << 20;  // decomposed mode: image-side reuse, 0 = off
   int64_t max_image_pixels = int64_t{64} << 20;  // larger images are refused
+  // The GEMMs' and convolutions' precision (mue/compute_type.h): f32 (bit-exact with earlier
+  // releases), bf16, int8, or auto (the fastest this CPU runs natively). A type oneDNN cannot
+  // run on this CPU (bf16 without AVX-512) is refused at load.
+  ComputeType compute_type = ComputeType::kF32;
 };
 
 // Per-call overrides of the engine's defaults.
@@ -145,6 +150,9 @@ class Engine {
   // The OpenMP threads each call (workers 0) or each worker's sample runs with: threads, or with
   // threads 0 all cores, divided among the workers when there are any.
   int threads_per_call() const;
+  // The compute type the model was loaded in (`auto` resolved), and the bytes its weights hold.
+  ComputeType compute_type() const;
+  size_t weight_bytes() const;
   // The defaults calls use when their CallOptions leave a field unset.
   const ExitPolicy& default_exit_policy() const;
   const GenerationSettings& default_generation() const;

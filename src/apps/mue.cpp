@@ -2,7 +2,7 @@
 //
 //   mue caption IMAGE [options]
 //   mue entail IMAGE --hypothesis TEXT [--premise TEXT] [options]
-//   mue info [--model DIR]
+//   mue info [--model DIR] [--compute-type TYPE]
 #include "mue/mue.h"
 
 #include <algorithm>
@@ -25,7 +25,10 @@ namespace apps = mue::apps;
 const char* kUsage = R"(usage:
   mue caption IMAGE [options]
   mue entail IMAGE --hypothesis TEXT [--premise TEXT] [options]
-  mue info [--model DIR]
+  mue info [--model DIR] [--compute-type TYPE]
+
+info prints the model, the machine (CPU, the ISA oneDNN chose, oneDNN's kernel per compute
+type, what auto resolves to) and the weight bytes resident in the compute type.
 
 options:
 %ENGINE%  --policy FILE             exit policy JSON (as written by mue-calibrate); default: the
@@ -165,7 +168,23 @@ int main(int argc, char** argv) {
                              {"encoder_layers", cfg.encoder_layers},
                              {"decoder_layers", cfg.decoder_layers},
                              {"image_size", {cfg.image_height, cfg.image_width}},
-                             {"vocab_size", cfg.vocab_size}};
+                             {"vocab_size", cfg.vocab_size},
+                             {"compute_type", mue::compute_type_name(engine->compute_type())},
+                             {"weight_bytes", engine->weight_bytes()}};
+      const mue::MachineInfo machine = mue::machine_info();
+      nlohmann::json kernels;
+      for (mue::ComputeType t :
+           {mue::ComputeType::kF32, mue::ComputeType::kBF16, mue::ComputeType::kInt8})
+        kernels[mue::compute_type_name(t)] = mue::compute_type_implementation(t);
+      info["machine"] = {
+          {"cpu_model", machine.cpu_model},
+          {"cpu_isa", machine.cpu_isa},
+          {"onednn_isa", machine.onednn_isa},
+          {"onednn_version", machine.onednn_version},
+          {"cores", machine.cores},
+          {"auto_compute_type",
+           mue::compute_type_name(mue::resolve_compute_type(mue::ComputeType::kAuto))},
+          {"onednn_kernels", kernels}};
       std::cout << info.dump(2) << "\n";
       return 0;
     }

@@ -162,6 +162,7 @@ int main(int argc, char** argv) {
                    {"dump", dump_json},
                    {"task", apps::task_name(dump.task)},
                    {"threads", threads},
+                   {"compute_type", mue::compute_type_name(engine->compute_type())},
                    {"workers", options.workers},
                    {"batch_size", a.batch_size},
                    {"timing", apps::kTimingNote},
@@ -174,7 +175,8 @@ int main(int argc, char** argv) {
 
     std::cout << kTool << ": " << a.dump << " (" << apps::task_name(dump.task) << ", "
               << dump_json["scored"] << " samples scored, " << dump_json["bad"] << " bad), model "
-              << model << ", " << threads << " threads"
+              << model << ", " << threads << " threads, "
+              << mue::compute_type_name(engine->compute_type())
               << (options.workers ? " x " + std::to_string(options.workers) + " workers" : "")
               << ", batch " << a.batch_size << "\n";
     apps::print_table(std::cout, settings_json, dump.task, a.metric);

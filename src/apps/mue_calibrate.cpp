@@ -382,6 +382,7 @@ int main(int argc, char** argv) {
     calibration["model"] = model;
     calibration["batch_size"] = a.batch_size;
     calibration["threads"] = threads;
+    calibration["compute_type"] = mue::compute_type_name(engine->compute_type());
     calibration["workers"] = options.workers;
     calibration["rounds"] = rounds_run;
     policy["calibration"] = calibration;
@@ -398,6 +399,7 @@ int main(int argc, char** argv) {
                    {"model", apps::model_summary(model, engine->config())},
                    {"task", apps::task_name(dev.task)},
                    {"threads", threads},
+                   {"compute_type", mue::compute_type_name(engine->compute_type())},
                    {"workers", options.workers},
                    {"batch_size", a.batch_size},
                    {"timing", apps::kTimingNote},

@@ -1,5 +1,7 @@
 // Conv2d: oneDNN convolution on NHWC activations with the weights reordered once into the blocked
 // layout oneDNN prefers (format_tag::any), bias, and residual (sum) plus activation post-ops.
+// In bf16 the weights are held in bf16 from construction and the input is rounded per call;
+// accumulation and output stay fp32.
 // max_pool_3x3_s2: a plain NHWC loop, vectorised over channels.
 #include <algorithm>
 #include <cstring>
@@ -13,6 +15,7 @@
 
 #include "kernels/dnnl_context.h"
 #include "kernels/kernels.h"
+#include "kernels/quantize.h"
 
 namespace mue::kernels {
 namespace {
@@ -57,9 +60,10 @@ int64_t conv_extent(int64_t in, int kernel, int stride, int padding) {
 struct Conv2d::Impl {
   int64_t out_channels = 0, in_channels = 0;
   int kernel = 0, stride = 0, padding = 0;
-  memory bias;                          // owned copy, or empty
-  std::vector<memory> weights_layouts;  // each layout some input shape asked for
-  bool holds_plain_weights = false;     // weights_layouts is {the OIHW copy} until first use
+  ComputeType type = ComputeType::kF32;  // f32 or bf16
+  memory bias;                           // owned copy, or empty
+  std::vector<memory> weights_layouts;   // each layout some input shape asked for
+  bool holds_plain_weights = false;      // weights_layouts is {the OIHW copy} until first use
 
   std::mutex mutex;
   std::unordered_map<ConvKey, ConvPrimitive, ConvKeyHash> primitives;
@@ -68,9 +72,10 @@ struct Conv2d::Impl {
                                                     Activation act) const {
     const int64_t ho = conv_extent(h, kernel, stride, padding);
     const int64_t wo = conv_extent(w, kernel, stride, padding);
-    memory::desc src({n, in_channels, h, w}, kF32, Tag::nhwc);
+    const auto in_type = type == ComputeType::kBF16 ? memory::data_type::bf16 : kF32;
+    memory::desc src({n, in_channels, h, w}, in_type, Tag::nhwc);
     memory::desc dst({n, out_channels, ho, wo}, kF32, Tag::nhwc);
-    memory::desc weights({out_channels, in_channels, kernel, kernel}, kF32, Tag::any);
+    memory::desc weights({out_channels, in_channels, kernel, kernel}, in_type, Tag::any);
     memory::desc bias_desc = bias ? bias.get_desc() : memory::desc();
     dnnl::convolution_forward::desc desc(
         dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, weights,
@@ -116,10 +121,17 @@ struct Conv2d::Impl {
     primitives.emplace(key, p);
     return p;
   }
+
+  size_t weight_bytes() {
+    std::lock_guard<std::mutex> lock(mutex);
+    size_t bytes = bias ? bias.get_desc().get_size() : 0;
+    for (const memory& m : weights_layouts) bytes += m.get_desc().get_size();
+    return bytes;
+  }
 };
 
 Conv2d::Conv2d(const float* weight, const float* bias, int64_t out_channels, int64_t in_channels,
-               int kernel, int stride, int padding)
+               int kernel, int stride, int padding, ComputeType type)
     : impl_(new Impl) {
   std::unique_ptr<Impl> impl(impl_);  // freed if a check below throws
   if (out_channels <= 0 || in_channels <= 0 || kernel <= 0 || stride <= 0 || padding < 0) {
@@ -133,15 +145,29 @@ Conv2d::Conv2d(const float* weight, const float* bias, int64_t out_channels, int
   impl->kernel = kernel;
   impl->stride = stride;
   impl->padding = padding;
+  type = resolve_compute_type(type);
+  if (type == ComputeType::kInt8) {
+    type = compute_type_supported(ComputeType::kBF16) ? ComputeType::kBF16 : ComputeType::kF32;
+  }
+  impl->type = type;
   try {
     auto& engine = detail::cpu_engine();
     if (bias != nullptr) {
       impl->bias = memory({{out_channels}, kF32, Tag::a}, engine);
       std::memcpy(impl->bias.get_data_handle(), bias, out_channels * sizeof(float));
     }
-    // The caller's buffer may be a temporary (BatchNorm folding), so keep a copy.
-    memory plain({{out_channels, in_channels, kernel, kernel}, kF32, Tag::oihw}, engine);
-    std::memcpy(plain.get_data_handle(), weight, plain.get_desc().get_size());
+    // The caller's buffer may be a temporary (BatchNorm folding), so keep a copy (in bf16 for
+    // bf16: converted once, here).
+    const memory::dims dims{out_channels, in_channels, kernel, kernel};
+    memory plain;
+    if (type == ComputeType::kBF16) {
+      plain = memory({dims, memory::data_type::bf16, Tag::oihw}, engine);
+      detail::to_bf16(weight, static_cast<uint16_t*>(plain.get_data_handle()),
+                      out_channels * in_channels * kernel * kernel);
+    } else {
+      plain = memory({dims, kF32, Tag::oihw}, engine);
+      std::memcpy(plain.get_data_handle(), weight, plain.get_desc().get_size());
+    }
     impl->weights_layouts.push_back(plain);
     impl->holds_plain_weights = true;
   } catch (const dnnl::error& e) {
@@ -179,6 +205,14 @@ int64_t Conv2d::in_channels() const {
   check_not_moved_from(impl_);
   return impl_->in_channels;
 }
+ComputeType Conv2d::compute_type() const {
+  check_not_moved_from(impl_);
+  return impl_->type;
+}
+size_t Conv2d::weight_bytes() const {
+  check_not_moved_from(impl_);
+  return impl_->weight_bytes();
+}
 
 void Conv2d::forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
                      const float* residual, Activation act) const {
@@ -198,8 +232,15 @@ void Conv2d::forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
       std::memcpy(y, residual, p.dst.get_size());
     }
     auto& engine = detail::cpu_engine();
+    const void* src = x;
+    if (impl_->type == ComputeType::kBF16) {
+      const int64_t count = n * h * w * impl_->in_channels;
+      auto* x16 = static_cast<uint16_t*>(detail::thread_buffer(0, count * sizeof(uint16_t)));
+      detail::to_bf16(x, x16, count);
+      src = x16;
+    }
     std::unordered_map<int, memory> args{
-        {DNNL_ARG_SRC, memory(p.src, engine, const_cast<float*>(x))},
+        {DNNL_ARG_SRC, memory(p.src, engine, const_cast<void*>(src))},
         {DNNL_ARG_WEIGHTS, p.weights},
         {DNNL_ARG_DST, memory(p.dst, engine, y)},
         {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}};

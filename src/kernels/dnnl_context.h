@@ -68,6 +68,13 @@ inline dnnl::memory thread_scratchpad(const dnnl::memory::desc& desc) {
   return dnnl::memory(desc, cpu_engine(), buffer.get(desc.get_size()));
 }
 
+// Per-thread buffers for a kernel's converted operands (bf16 or u8 inputs, int8 scales and
+// accumulators), apart from the scratchpad; slots 0..3, each used by one operand of a call.
+inline void* thread_buffer(int slot, size_t bytes) {
+  thread_local AlignedScratch buffers[4];
+  return buffers[slot].get(bytes);
+}
+
 // oneDNN primitives may be tuned to the thread count they were created under, so caches key on it.
 inline int current_threads() { return omp_get_max_threads(); }
 

@@ -2,7 +2,10 @@
 // every kernel is single-call thread-parallel (OpenMP / oneDNN threads, see mue/runtime.h).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#include "mue/compute_type.h"
 
 namespace mue::kernels {
 
@@ -19,10 +22,14 @@ void linear(const float* x, const float* w, const float* bias, float* y, int64_t
 // 2-2.6x faster (M=1..5), M=64 7-11% and M=900 4-5% faster (bench/README.md, GEMM).
 // The constructor copies weight [N,K] and bias [N] (may be null); the caller's buffers may go.
 // forward() may be called from several threads at once.
+// `type` (mue/compute_type.h; kAuto is resolved here) is the GEMM's precision: the weights are
+// converted once, here; inputs and outputs stay fp32 for the caller. bf16 and int8 outputs
+// differ from f32 by their rounding (tests/test_kernels_matmul.cpp states the tolerances).
 class PackedLinear {
  public:
   PackedLinear();  // empty: forward() throws
-  PackedLinear(const float* weight, const float* bias, int64_t n, int64_t k);
+  PackedLinear(const float* weight, const float* bias, int64_t n, int64_t k,
+               ComputeType type = ComputeType::kF32);
   ~PackedLinear();
   PackedLinear(PackedLinear&&) noexcept;
   PackedLinear& operator=(PackedLinear&&) noexcept;
@@ -32,6 +39,9 @@ class PackedLinear {
   bool empty() const { return impl_ == nullptr; }
   int64_t out_features() const;  // N
   int64_t in_features() const;   // K
+  ComputeType compute_type() const;
+  // Bytes of packed weights, bias and int8 scales this layer holds.
+  size_t weight_bytes() const;
   // y[m,n] = act(x[m,k] * w[n,k]^T + bias[n]); same contract as linear().
   void forward(const float* x, float* y, int64_t m, Activation act = Activation::kNone) const;
 
@@ -89,10 +99,13 @@ void attention(const AttentionArgs& args);
 // 2-D convolution, NHWC activations, weights given as PyTorch [O,I,kh,kw] (BatchNorm already
 // folded by the caller). Weights are reordered for oneDNN once, at construction or on first use
 // per input shape, and primitives are cached per input shape.
+// `type` kBF16 stores the weights in bf16 (converted here) and rounds inputs to bf16, with fp32
+// accumulation and output; kInt8 runs as bf16 where oneDNN supports bf16, else as f32 (dynamic
+// int8 activations would need a per-call range pass over every feature map; kept for later).
 class Conv2d {
  public:
   Conv2d(const float* weight, const float* bias, int64_t out_channels, int64_t in_channels,
-         int kernel, int stride, int padding);
+         int kernel, int stride, int padding, ComputeType type = ComputeType::kF32);
   ~Conv2d();
   Conv2d(Conv2d&&) noexcept;
   Conv2d& operator=(Conv2d&&) noexcept;
@@ -102,6 +115,9 @@ class Conv2d {
   int64_t out_extent(int64_t in_extent) const;
   int64_t out_channels() const;
   int64_t in_channels() const;
+  ComputeType compute_type() const;  // f32 or bf16: what it runs in
+  // Bytes of weights (in every layout kept) and bias this convolution holds.
+  size_t weight_bytes() const;
   // y[n, ho, wo, O] = act(conv(x[n, h, w, I]) + bias + residual), residual [n, ho, wo, O] or null.
   void forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
                const float* residual = nullptr, Activation act = Activation::kNone) const;

@@ -1,6 +1,8 @@
 // linear(): oneDNN matmul reading PyTorch [N,K] weights in place as a [K,N] operand with strides
 // {1,K} (format `ba`), so no per-call transpose; bias and activation are fused into the primitive.
-// PackedLinear: the same matmul on weights reordered once into the layout oneDNN asks for.
+// PackedLinear: the same matmul on weights reordered once into the layout oneDNN asks for, in
+// the compute type's precision (mue/compute_type.h): bf16 weights and inputs with fp32 output, or
+// s8 weights and u8 inputs with an s32 output that our epilogue scales back to fp32.
 #include <cstddef>
 #include <cstring>
 #include <functional>
@@ -12,13 +14,15 @@
 
 #include "kernels/dnnl_context.h"
 #include "kernels/kernels.h"
+#include "kernels/quantize.h"
 
 namespace mue::kernels {
 namespace {
 
 using dnnl::memory;
 using Tag = memory::format_tag;
-constexpr auto kF32 = memory::data_type::f32;
+using DataType = memory::data_type;
+constexpr auto kF32 = DataType::f32;
 
 struct LinearKey {
   int64_t m, n, k;
@@ -26,6 +30,7 @@ struct LinearKey {
   Activation act;
   int threads;
   bool packed;  // weights in oneDNN's chosen layout rather than PyTorch's
+  ComputeType type = ComputeType::kF32;
   bool operator==(const LinearKey&) const = default;
 };
 
@@ -39,6 +44,7 @@ struct LinearKeyHash {
     mix(static_cast<size_t>(key.act));
     mix(static_cast<size_t>(key.threads));
     mix(key.packed);
+    mix(static_cast<size_t>(key.type));
     return h;
   }
 };
@@ -58,15 +64,33 @@ dnnl::post_ops activation_post_ops(Activation act) {
   return ops;
 }
 
+// Operand types per compute type: f32 throughout; bf16 in, fp32 out; u8 x s8 -> s32, whose
+// scaling, bias and activation our epilogue applies (oneDNN 2.6 matmul has no per-row scales).
+struct LinearTypes {
+  DataType src, weights, dst;
+};
+LinearTypes linear_types(ComputeType type) {
+  switch (type) {
+    case ComputeType::kBF16:
+      return {DataType::bf16, DataType::bf16, kF32};
+    case ComputeType::kInt8:
+      return {DataType::u8, DataType::s8, DataType::s32};
+    default:
+      return {kF32, kF32, kF32};
+  }
+}
+
 LinearPrimitive make_linear(const LinearKey& key) {
+  const LinearTypes types = linear_types(key.type);
+  const bool int8 = key.type == ComputeType::kInt8;
   // PyTorch [N,K] row-major is exactly [K,N] with strides {1,K}.
-  const memory::desc weights({key.k, key.n}, kF32, key.packed ? Tag::any : Tag::ba);
+  const memory::desc weights({key.k, key.n}, types.weights, key.packed ? Tag::any : Tag::ba);
   LinearPrimitive p;
-  p.src = memory::desc({key.m, key.k}, kF32, Tag::ab);
-  p.dst = memory::desc({key.m, key.n}, kF32, Tag::ab);
-  p.bias = key.has_bias ? memory::desc({1, key.n}, kF32, Tag::ab) : memory::desc();
+  p.src = memory::desc({key.m, key.k}, types.src, Tag::ab);
+  p.dst = memory::desc({key.m, key.n}, types.dst, Tag::ab);
+  p.bias = key.has_bias && !int8 ? memory::desc({1, key.n}, kF32, Tag::ab) : memory::desc();
   dnnl::primitive_attr attr = detail::user_scratchpad_attr();
-  attr.set_post_ops(activation_post_ops(key.act));
+  if (!int8) attr.set_post_ops(activation_post_ops(key.act));
   dnnl::matmul::desc desc(p.src, weights, p.bias, p.dst);
   dnnl::matmul::primitive_desc pd(desc, attr, detail::cpu_engine());
   p.weights = pd.weights_desc();
@@ -85,11 +109,11 @@ LinearPrimitive cached_linear(const LinearKey& key) {
   return it->second;
 }
 
-void run_linear(const LinearPrimitive& p, const float* x, const memory& weights, const memory& bias,
-                float* y) {
+void run_linear(const LinearPrimitive& p, const void* x, const memory& weights, const memory& bias,
+                void* y) {
   auto& engine = detail::cpu_engine();
   std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, memory(p.src, engine, const_cast<float*>(x))},
+      {DNNL_ARG_SRC, memory(p.src, engine, const_cast<void*>(x))},
       {DNNL_ARG_WEIGHTS, weights},
       {DNNL_ARG_DST, memory(p.dst, engine, y)},
       {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}};
@@ -129,8 +153,13 @@ void linear(const float* x, const float* w, const float* bias, float* y, int64_t
 
 struct PackedLinear::Impl {
   int64_t n = 0, k = 0;
-  memory bias;     // owned copy [1,N], or empty
+  ComputeType type = ComputeType::kF32;
+  memory bias;     // owned copy [1,N], or empty (int8 keeps it in bias_int8)
   memory weights;  // packed at construction for M=1, then read-only
+  // int8: per-output-channel weight scales, sums of each channel's s8 weights (the input zero
+  // point's compensation) and the fp32 bias, all for the epilogue.
+  std::vector<float> weight_scale, bias_int8;
+  std::vector<int32_t> weight_row_sum;
   // oneDNN 2.6 picks the same blocked layout for every M; should a batch size want another one,
   // it is reordered from `weights` once and kept here.
   mutable std::mutex mutex;
@@ -148,11 +177,35 @@ struct PackedLinear::Impl {
     other_layouts.push_back(converted);
     return converted;
   }
+
+  size_t weight_bytes() const {
+    size_t bytes = weights.get_desc().get_size() + (bias ? bias.get_desc().get_size() : 0) +
+                   weight_scale.size() * sizeof(float) + bias_int8.size() * sizeof(float) +
+                   weight_row_sum.size() * sizeof(int32_t);
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const memory& m : other_layouts) bytes += m.get_desc().get_size();
+    return bytes;
+  }
+
+  void forward_int8(const LinearPrimitive& p, const float* x, float* y, int64_t m,
+                    Activation act) const {
+    auto* q = static_cast<uint8_t*>(detail::thread_buffer(0, m * k));
+    auto* scale = static_cast<float*>(detail::thread_buffer(1, m * sizeof(float)));
+    auto* zero_point = static_cast<int32_t*>(detail::thread_buffer(2, m * sizeof(int32_t)));
+    auto* acc = static_cast<int32_t*>(detail::thread_buffer(3, m * n * sizeof(int32_t)));
+    detail::quantize_rows_u8(x, m, k, q, scale, zero_point);
+    run_linear(p, q, weights_as(p.weights), memory(), acc);
+    detail::dequantize_s32(acc, m, n, scale, zero_point, weight_scale.data(), weight_row_sum.data(),
+                           bias_int8.empty() ? nullptr : bias_int8.data(), act == Activation::kRelu,
+                           y);
+    if (act == Activation::kGelu) gelu(y, m * n);
+  }
 };
 
 PackedLinear::PackedLinear() : impl_(nullptr) {}
 
-PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t n, int64_t k)
+PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t n, int64_t k,
+                           ComputeType type)
     : impl_(nullptr) {
   if (n <= 0 || k <= 0) {
     throw Error("PackedLinear: bad shape n=" + std::to_string(n) + " k=" + std::to_string(k) +
@@ -162,15 +215,29 @@ PackedLinear::PackedLinear(const float* weight, const float* bias, int64_t n, in
   auto impl = std::make_unique<Impl>();
   impl->n = n;
   impl->k = k;
+  impl->type = resolve_compute_type(type);
+  const bool int8 = impl->type == ComputeType::kInt8;
   try {
     auto& engine = detail::cpu_engine();
-    if (bias != nullptr) {
+    if (bias != nullptr && int8) {
+      impl->bias_int8.assign(bias, bias + n);
+    } else if (bias != nullptr) {
       impl->bias = memory({{1, n}, kF32, Tag::ab}, engine);
       std::memcpy(impl->bias.get_data_handle(), bias, n * sizeof(float));
     }
-    const LinearPrimitive p = cached_linear(
-        {1, n, k, bias != nullptr, Activation::kNone, detail::current_threads(), true});
+    const LinearPrimitive p = cached_linear({1, n, k, !int8 && bias != nullptr, Activation::kNone,
+                                             detail::current_threads(), true, impl->type});
+    // bf16: the reorder rounds the fp32 weights (to nearest even); int8: quantised here first.
     memory plain({{k, n}, kF32, Tag::ba}, engine, const_cast<float*>(weight));
+    std::vector<int8_t> quantised;
+    if (int8) {
+      quantised.resize(static_cast<size_t>(n * k));
+      impl->weight_scale.resize(n);
+      impl->weight_row_sum.resize(n);
+      detail::quantize_weights_s8(weight, n, k, detail::int8_weight_max(), quantised.data(),
+                                  impl->weight_scale.data(), impl->weight_row_sum.data());
+      plain = memory({{k, n}, DataType::s8, Tag::ba}, engine, quantised.data());
+    }
     impl->weights = memory(p.weights, engine);
     dnnl::reorder(plain, impl->weights).execute(detail::cpu_stream(), plain, impl->weights);
     detail::cpu_stream().wait();
@@ -195,15 +262,30 @@ PackedLinear& PackedLinear::operator=(PackedLinear&& other) noexcept {
 
 int64_t PackedLinear::out_features() const { return impl_ != nullptr ? impl_->n : 0; }
 int64_t PackedLinear::in_features() const { return impl_ != nullptr ? impl_->k : 0; }
+ComputeType PackedLinear::compute_type() const {
+  return impl_ != nullptr ? impl_->type : ComputeType::kF32;
+}
+size_t PackedLinear::weight_bytes() const { return impl_ != nullptr ? impl_->weight_bytes() : 0; }
 
 void PackedLinear::forward(const float* x, float* y, int64_t m, Activation act) const {
   if (impl_ == nullptr) throw Error("PackedLinear: forward on an empty or moved-from layer");
   check_linear_args("PackedLinear", x, true, y, m, impl_->n, impl_->k);
   if (m == 0) return;
   try {
-    const LinearPrimitive p = cached_linear(
-        {m, impl_->n, impl_->k, bool(impl_->bias), act, detail::current_threads(), true});
-    run_linear(p, x, impl_->weights_as(p.weights), impl_->bias, y);
+    // int8's bias and activation are the epilogue's, so one primitive serves every layer shape.
+    const bool int8 = impl_->type == ComputeType::kInt8;
+    const LinearPrimitive p = cached_linear({m, impl_->n, impl_->k, !int8 && bool(impl_->bias),
+                                             int8 ? Activation::kNone : act,
+                                             detail::current_threads(), true, impl_->type});
+    if (int8) {
+      impl_->forward_int8(p, x, y, m, act);
+    } else if (impl_->type == ComputeType::kBF16) {
+      auto* x16 = static_cast<uint16_t*>(detail::thread_buffer(0, m * impl_->k * sizeof(uint16_t)));
+      detail::to_bf16(x, x16, m * impl_->k);
+      run_linear(p, x16, impl_->weights_as(p.weights), impl_->bias, y);
+    } else {
+      run_linear(p, x, impl_->weights_as(p.weights), impl_->bias, y);
+    }
   } catch (const dnnl::error& e) {
     detail::rethrow_dnnl("PackedLinear", e);
   }

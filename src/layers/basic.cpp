@@ -3,14 +3,14 @@
 namespace mue {
 
 Linear Linear::load(WeightStore& w, const std::string& prefix, int64_t out, int64_t in,
-                    bool with_bias) {
+                    bool with_bias, ComputeType type) {
   Linear l;
   l.out = out;
   l.in = in;
-  l.weight = w.get(prefix + ".weight", {out, in});
-  if (with_bias) l.bias = w.get(prefix + ".bias", {out});
+  const Tensor weight = w.get(prefix + ".weight", {out, in});
+  const Tensor bias = with_bias ? w.get(prefix + ".bias", {out}) : Tensor();
   l.packed = std::make_shared<kernels::PackedLinear>(
-      l.weight.data<float>(), with_bias ? l.bias.data<float>() : nullptr, out, in);
+      weight.data<float>(), with_bias ? bias.data<float>() : nullptr, out, in, type);
   return l;
 }
 

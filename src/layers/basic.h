@@ -4,24 +4,27 @@
 #include <memory>
 #include <string>
 
-#include "kernels/kernels.h"
 #include "io/weights.h"
+#include "kernels/kernels.h"
 
 namespace mue {
 
+// Bytes a weight tensor holds (0 when undefined).
+inline size_t held_bytes(const Tensor& t) { return t.raw() != nullptr ? t.nbytes() : 0; }
+
 struct Linear {
-  Tensor weight;  // [out, in], PyTorch layout: a view of the checkpoint
-  Tensor bias;    // [out] or undefined
   int64_t out = 0, in = 0;
-  // The same weights reordered once at load into oneDNN's blocked layout (STYLE.md: layout work
-  // at load); 2-2.6x faster at the decoder's M = 1..5 than repacking per call.
+  // The checkpoint's [out, in] weights and bias reordered once at load into oneDNN's blocked
+  // layout (STYLE.md: layout work at load), in the compute type's precision; 2-2.6x faster at the
+  // decoder's M = 1..5 than repacking per call. The checkpoint's own copy is not kept.
   std::shared_ptr<kernels::PackedLinear> packed;
 
   static Linear load(WeightStore& w, const std::string& prefix, int64_t out, int64_t in,
-                     bool with_bias = true);
+                     bool with_bias = true, ComputeType type = ComputeType::kF32);
   // y[rows, out] = act(x[rows, in] W^T + b)
   void forward(const float* x, float* y, int64_t rows,
                kernels::Activation act = kernels::Activation::kNone) const;
+  size_t weight_bytes() const { return packed ? packed->weight_bytes() : 0; }
 };
 
 struct LayerNorm {
@@ -31,6 +34,7 @@ struct LayerNorm {
 
   static LayerNorm load(WeightStore& w, const std::string& prefix, int64_t dim, float eps);
   void forward(const float* x, float* y, int64_t rows) const;
+  size_t weight_bytes() const { return held_bytes(weight) + held_bytes(bias); }
 };
 
 }  // namespace mue

@@ -9,34 +9,35 @@ using kernels::Activation;
 
 FoldedConv FoldedConv::load(WeightStore& w, const std::string& conv_name,
                             const std::string& bn_name, int64_t out, int64_t in, int kernel,
-                            int stride, int padding, float eps) {
+                            int stride, int padding, float eps, ComputeType type) {
   Tensor cw = w.get(conv_name + ".weight", {out, in, kernel, kernel});
   Tensor gamma = w.get(bn_name + ".weight", {out});
   Tensor beta = w.get(bn_name + ".bias", {out});
   Tensor mean = w.get(bn_name + ".running_mean", {out});
   Tensor var = w.get(bn_name + ".running_var", {out});
   FoldedConv f;
-  f.weight = Tensor::empty({out, in, kernel, kernel});
-  f.bias = Tensor::empty({out});
+  Tensor weight = Tensor::empty({out, in, kernel, kernel});
+  Tensor bias = Tensor::empty({out});
   int64_t per_out = in * kernel * kernel;
   const float* src = cw.data<float>();
-  float* dst = f.weight.data<float>();
+  float* dst = weight.data<float>();
   for (int64_t o = 0; o < out; ++o) {
     // BatchNorm at inference is an affine map per channel: fold it into the filter.
     float scale = gamma.data<float>()[o] / std::sqrt(var.data<float>()[o] + eps);
     for (int64_t i = 0; i < per_out; ++i) dst[o * per_out + i] = src[o * per_out + i] * scale;
-    f.bias.data<float>()[o] = beta.data<float>()[o] - mean.data<float>()[o] * scale;
+    bias.data<float>()[o] = beta.data<float>()[o] - mean.data<float>()[o] * scale;
   }
-  f.conv = std::make_unique<kernels::Conv2d>(f.weight.data<float>(), f.bias.data<float>(), out, in,
-                                             kernel, stride, padding);
+  f.conv = std::make_unique<kernels::Conv2d>(weight.data<float>(), bias.data<float>(), out, in,
+                                             kernel, stride, padding, type);
   return f;
 }
 
 ResNetBackbone ResNetBackbone::load(WeightStore& w, const std::string& prefix,
-                                    const std::vector<int>& blocks, int width) {
+                                    const std::vector<int>& blocks, int width, ComputeType type) {
   constexpr float kEps = 1e-5f;  // torch BatchNorm2d default (spec 3.3)
   ResNetBackbone net;
-  net.stem_ = FoldedConv::load(w, prefix + ".conv1", prefix + ".bn1", width, 3, 7, 2, 3, kEps);
+  net.stem_ =
+      FoldedConv::load(w, prefix + ".conv1", prefix + ".bn1", width, 3, 7, 2, 3, kEps, type);
   int64_t in = width;
   for (int s = 0; s < 3; ++s) {
     int64_t planes = static_cast<int64_t>(width) << s;
@@ -47,14 +48,15 @@ ResNetBackbone ResNetBackbone::load(WeightStore& w, const std::string& prefix,
       std::string p = prefix + ".layer" + std::to_string(s + 1) + "." + std::to_string(b);
       int st = b == 0 ? stride : 1;
       Bottleneck blk;
-      blk.conv1 = FoldedConv::load(w, p + ".conv1", p + ".bn1", planes, in, 1, 1, 0, kEps);
+      blk.conv1 = FoldedConv::load(w, p + ".conv1", p + ".bn1", planes, in, 1, 1, 0, kEps, type);
       // v1.5: the stride sits on the 3x3 convolution.
-      blk.conv2 = FoldedConv::load(w, p + ".conv2", p + ".bn2", planes, planes, 3, st, 1, kEps);
-      blk.conv3 = FoldedConv::load(w, p + ".conv3", p + ".bn3", out, planes, 1, 1, 0, kEps);
+      blk.conv2 =
+          FoldedConv::load(w, p + ".conv2", p + ".bn2", planes, planes, 3, st, 1, kEps, type);
+      blk.conv3 = FoldedConv::load(w, p + ".conv3", p + ".bn3", out, planes, 1, 1, 0, kEps, type);
       if (b == 0) {
         blk.has_downsample = true;
-        blk.downsample =
-            FoldedConv::load(w, p + ".downsample.0", p + ".downsample.1", out, in, 1, st, 0, kEps);
+        blk.downsample = FoldedConv::load(w, p + ".downsample.0", p + ".downsample.1", out, in, 1,
+                                          st, 0, kEps, type);
       }
       stage.push_back(std::move(blk));
       in = out;
@@ -63,6 +65,15 @@ ResNetBackbone ResNetBackbone::load(WeightStore& w, const std::string& prefix,
   }
   net.out_channels_ = in;
   return net;
+}
+
+size_t ResNetBackbone::weight_bytes() const {
+  size_t bytes = stem_.weight_bytes();
+  for (const auto& stage : stages_)
+    for (const Bottleneck& b : stage)
+      bytes += b.conv1.weight_bytes() + b.conv2.weight_bytes() + b.conv3.weight_bytes() +
+               (b.has_downsample ? b.downsample.weight_bytes() : 0);
+  return bytes;
 }
 
 std::pair<int64_t, int64_t> ResNetBackbone::grid(int64_t h, int64_t w) const {

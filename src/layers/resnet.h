@@ -7,19 +7,20 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "kernels/kernels.h"
 #include "io/weights.h"
+#include "kernels/kernels.h"
 
 namespace mue {
 
 // A convolution followed by BatchNorm (inference statistics), folded into one convolution.
+// The folded weights live in the convolution only, in the compute type's precision.
 struct FoldedConv {
-  Tensor weight;  // owned: folded [O, I, k, k]
-  Tensor bias;    // owned: [O]
   std::unique_ptr<kernels::Conv2d> conv;
 
   static FoldedConv load(WeightStore& w, const std::string& conv_name, const std::string& bn_name,
-                         int64_t out, int64_t in, int kernel, int stride, int padding, float eps);
+                         int64_t out, int64_t in, int kernel, int stride, int padding, float eps,
+                         ComputeType type = ComputeType::kF32);
+  size_t weight_bytes() const { return conv ? conv->weight_bytes() : 0; }
 };
 
 struct Bottleneck {
@@ -32,7 +33,9 @@ class ResNetBackbone {
  public:
   // prefix "encoder.embed_images"; blocks per stage; stem width (64 in OFA).
   static ResNetBackbone load(WeightStore& w, const std::string& prefix,
-                             const std::vector<int>& blocks, int width);
+                             const std::vector<int>& blocks, int width,
+                             ComputeType type = ComputeType::kF32);
+  size_t weight_bytes() const;
 
   int64_t out_channels() const { return out_channels_; }
   // Output grid for an input of h x w pixels.

@@ -14,12 +14,33 @@ MultiheadAttention MultiheadAttention::load(WeightStore& w, const std::string& p
                                             const TransformerDims& dims) {
   MultiheadAttention a;
   int64_t d = dims.d_model;
-  a.q_proj = Linear::load(w, prefix + ".q_proj", d, d);
-  a.k_proj = Linear::load(w, prefix + ".k_proj", d, d);
-  a.v_proj = Linear::load(w, prefix + ".v_proj", d, d);
-  a.out_proj = Linear::load(w, prefix + ".out_proj", d, d);
+  a.q_proj = Linear::load(w, prefix + ".q_proj", d, d, true, dims.compute_type);
+  a.k_proj = Linear::load(w, prefix + ".k_proj", d, d, true, dims.compute_type);
+  a.v_proj = Linear::load(w, prefix + ".v_proj", d, d, true, dims.compute_type);
+  a.out_proj = Linear::load(w, prefix + ".out_proj", d, d, true, dims.compute_type);
   if (dims.normformer) a.c_attn = w.get(prefix + ".c_attn", {dims.heads});
   return a;
+}
+
+size_t MultiheadAttention::weight_bytes() const {
+  return q_proj.weight_bytes() + k_proj.weight_bytes() + v_proj.weight_bytes() +
+         out_proj.weight_bytes() + held_bytes(c_attn);
+}
+
+size_t FeedForward::weight_bytes() const {
+  return final_layer_norm.weight_bytes() + ffn_layernorm.weight_bytes() + fc1.weight_bytes() +
+         fc2.weight_bytes();
+}
+
+size_t EncoderLayer::weight_bytes() const {
+  return self_attn_layer_norm_.weight_bytes() + attn_ln_.weight_bytes() +
+         self_attn_.weight_bytes() + ffn_.weight_bytes();
+}
+
+size_t DecoderLayer::weight_bytes() const {
+  return self_attn_layer_norm_.weight_bytes() + self_attn_ln_.weight_bytes() +
+         encoder_attn_layer_norm_.weight_bytes() + cross_attn_ln_.weight_bytes() +
+         self_attn_.weight_bytes() + encoder_attn_.weight_bytes() + ffn_.weight_bytes();
 }
 
 void multihead_attention(const float* q, const KeyValueView& kv, int64_t batch, int64_t tq,
@@ -74,8 +95,8 @@ namespace {
 FeedForward load_ffn(WeightStore& w, const std::string& p, const TransformerDims& dims) {
   FeedForward f;
   f.final_layer_norm = LayerNorm::load(w, p + ".final_layer_norm", dims.d_model, dims.eps);
-  f.fc1 = Linear::load(w, p + ".fc1", dims.ffn_dim, dims.d_model);
-  f.fc2 = Linear::load(w, p + ".fc2", dims.d_model, dims.ffn_dim);
+  f.fc1 = Linear::load(w, p + ".fc1", dims.ffn_dim, dims.d_model, true, dims.compute_type);
+  f.fc2 = Linear::load(w, p + ".fc2", dims.d_model, dims.ffn_dim, true, dims.compute_type);
   f.has_ffn_layernorm = dims.normformer;
   if (dims.normformer)
     f.ffn_layernorm = LayerNorm::load(w, p + ".ffn_layernorm", dims.ffn_dim, dims.eps);

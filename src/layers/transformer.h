@@ -14,6 +14,7 @@ struct TransformerDims {
   float attn_scale_factor = 2.f;
   float eps = 1e-5f;
   bool normformer = true;  // attn_ln / ffn_layernorm / c_attn present (spec 3.1)
+  ComputeType compute_type = ComputeType::kF32;  // of the projections and the FFN
   int64_t head_dim() const { return d_model / heads; }
   // q scaling (head_dim * attn_scale_factor)^-1/2 (spec 3.5)
   float scaling() const;
@@ -36,6 +37,7 @@ struct MultiheadAttention {
 
   static MultiheadAttention load(WeightStore& w, const std::string& prefix,
                                  const TransformerDims& dims);
+  size_t weight_bytes() const;
 };
 
 // FFN sublayer: y = h + fc2(ffn_layernorm(gelu(fc1(final_layer_norm(h))))).
@@ -44,11 +46,13 @@ struct FeedForward {
   Linear fc1, fc2;
   bool has_ffn_layernorm = false;
   void forward(const float* h, float* y, int64_t rows, Arena& arena) const;
+  size_t weight_bytes() const;
 };
 
 class EncoderLayer {
  public:
   static EncoderLayer load(WeightStore& w, const std::string& prefix, const TransformerDims& dims);
+  size_t weight_bytes() const;
   // x, y: [batch*t, d] (may not alias). Bias shared over the batch unless masking says otherwise.
   void forward(const float* x, float* y, int64_t batch, int64_t t, const AttentionMasking& masking,
                Arena& arena) const;
@@ -72,6 +76,7 @@ struct KeyValueView {
 class DecoderLayer {
  public:
   static DecoderLayer load(WeightStore& w, const std::string& prefix, const TransformerDims& dims);
+  size_t weight_bytes() const;
 
   // Self-attention sublayer, first half: LN then q/k/v projections of x [rows, d].
   void self_attention_qkv(const float* x, float* normed, float* q, float* k, float* v,

@@ -46,14 +46,19 @@ int64_t OfaModel::valid_prefix(const int64_t* tokens, int64_t t, int64_t pad, co
   return n;
 }
 
-std::unique_ptr<OfaModel> OfaModel::load(const std::string& dir) {
-  return load(ModelConfig::load(dir + "/config.json"), dir + "/model.safetensors");
+std::unique_ptr<OfaModel> OfaModel::load(const std::string& dir, ComputeType compute_type) {
+  return load(ModelConfig::load(dir + "/config.json"), dir + "/model.safetensors", compute_type);
 }
 
-std::unique_ptr<OfaModel> OfaModel::load(const ModelConfig& config,
-                                         const std::string& weights_path) {
+std::unique_ptr<OfaModel> OfaModel::load(const ModelConfig& config, const std::string& weights_path,
+                                         ComputeType compute_type) {
   std::unique_ptr<OfaModel> m(new OfaModel());
   m->config_ = config;
+  m->compute_type_ = resolve_compute_type(compute_type);
+  if (!compute_type_supported(m->compute_type_))
+    throw Error(std::string("compute type ") + compute_type_name(m->compute_type_) +
+                " is not supported by oneDNN on this CPU (bf16 needs AVX-512); use f32 or auto");
+  m->dims_.compute_type = m->compute_type_;
   m->dims_.d_model = config.d_model;
   m->dims_.heads = config.attention_heads;
   m->dims_.ffn_dim = config.ffn_dim;
@@ -74,7 +79,8 @@ void OfaModel::load_weights(WeightStore& w) {
   float eps = c.layer_norm_eps;
   embed_tokens_ = w.get("encoder.embed_tokens.weight", {c.vocab_size, d});
   // The tied output projection h E^T (spec 3.6), packed once for the decoder's small M.
-  output_projection_ = kernels::PackedLinear(embed_tokens_.data<float>(), nullptr, c.vocab_size, d);
+  output_projection_ =
+      kernels::PackedLinear(embed_tokens_.data<float>(), nullptr, c.vocab_size, d, compute_type_);
   // The decoder and the output projection share it (spec 3.7); if a file stores them
   // separately they must be the same tensor, so check their shapes through the store.
   for (const char* alias : {"decoder.embed_tokens.weight", "decoder.output_projection.weight"})
@@ -83,8 +89,10 @@ void OfaModel::load_weights(WeightStore& w) {
   enc_layernorm_embedding_ = LayerNorm::load(w, "encoder.layernorm_embedding", d, eps);
   enc_patch_layernorm_embedding_ = LayerNorm::load(w, "encoder.patch_layernorm_embedding", d, eps);
   enc_type_embedding_ = w.get("encoder.type_embedding.weight", {2, d});
-  resnet_ = ResNetBackbone::load(w, "encoder.embed_images", c.resnet_layers, c.resnet_width);
-  image_proj_ = Linear::load(w, "encoder.image_proj", d, c.image_feature_channels());
+  resnet_ = ResNetBackbone::load(w, "encoder.embed_images", c.resnet_layers, c.resnet_width,
+                                 compute_type_);
+  image_proj_ =
+      Linear::load(w, "encoder.image_proj", d, c.image_feature_channels(), true, compute_type_);
   enc_embed_positions_ = w.get("encoder.embed_positions.weight", {c.max_source_positions + 2, d});
   int64_t ib = c.image_bucket_size;
   enc_embed_image_positions_ = w.get("encoder.embed_image_positions.weight", {ib * ib + 1, d});
@@ -125,6 +133,28 @@ void OfaModel::load_weights(WeightStore& w) {
       throw Error("model weights " + w.path() + ": config.json says " + std::to_string(n) + " " +
                   stack + " layers but the file has " + probe);
   }
+}
+
+OfaModel::WeightBytes OfaModel::weight_bytes() const {
+  WeightBytes b;
+  b.kernels = output_projection_.weight_bytes() + resnet_.weight_bytes() +
+              image_proj_.weight_bytes() + enc_pos_q_.weight_bytes() + enc_pos_k_.weight_bytes() +
+              dec_self_pos_q_.weight_bytes() + dec_self_pos_k_.weight_bytes() +
+              dec_cross_pos_q_.weight_bytes() + dec_cross_pos_k_.weight_bytes();
+  for (const EncoderLayer& l : enc_layers_) b.kernels += l.weight_bytes();
+  for (const DecoderLayer& l : dec_layers_) b.kernels += l.weight_bytes();
+  for (const LayerNorm* n :
+       {&enc_layernorm_embedding_, &enc_patch_layernorm_embedding_, &enc_layer_norm_, &enc_pos_ln_,
+        &enc_image_pos_ln_, &dec_layernorm_embedding_, &dec_layer_norm_, &dec_pos_ln_})
+    b.other += n->weight_bytes();
+  for (const Tensor* t :
+       {&embed_tokens_, &enc_type_embedding_, &enc_embed_positions_, &enc_embed_image_positions_,
+        &dec_embed_positions_, &txt_pos_q_, &txt_pos_k_, &txt_cross_pos_k_, &dec_self_q_,
+        &dec_self_k_, &dec_cross_q_})
+    b.other += held_bytes(*t);
+  for (const auto* tables : {&enc_token_rel_, &enc_image_rel_, &dec_token_rel_})
+    for (const Tensor& t : *tables) b.other += held_bytes(t);
+  return b;
 }
 
 void OfaModel::precompute_positions() {

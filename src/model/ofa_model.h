@@ -62,11 +62,24 @@ struct DecoderState {
 
 class OfaModel {
  public:
-  // Loads config.json + model.safetensors from a model directory.
-  static std::unique_ptr<OfaModel> load(const std::string& dir);
-  static std::unique_ptr<OfaModel> load(const ModelConfig& config, const std::string& weights_path);
+  // Loads config.json + model.safetensors from a model directory. `compute_type` (kAuto is
+  // resolved here) is that of the ResNet's convolutions, image_proj, the layers' projections and
+  // FFNs, and the tied output projection, whose weights are converted once, here; the position
+  // projections (computed at load or once per grid) and everything else stay fp32.
+  static std::unique_ptr<OfaModel> load(const std::string& dir,
+                                        ComputeType compute_type = ComputeType::kF32);
+  static std::unique_ptr<OfaModel> load(const ModelConfig& config, const std::string& weights_path,
+                                        ComputeType compute_type = ComputeType::kF32);
 
   const ModelConfig& config() const { return config_; }
+  ComputeType compute_type() const { return compute_type_; }  // never kAuto
+  // Resident weight bytes: those the GEMMs and convolutions hold (packed, in the compute type)
+  // and the fp32 tensors the model keeps (embeddings, norms, tables, position projections).
+  struct WeightBytes {
+    size_t kernels = 0, other = 0;
+    size_t total() const { return kernels + other; }
+  };
+  WeightBytes weight_bytes() const;
 
   // images: [B, H, W, 3] fp32 NHWC, normalised; src_tokens: [B, L] int64, right-padded.
   // Exit decisions (empty: full depth) per stream; in joint mode only `text_exit` applies, to
@@ -138,6 +151,7 @@ class OfaModel {
                          int64_t k_offset, int64_t tq) const;
 
   ModelConfig config_;
+  ComputeType compute_type_ = ComputeType::kF32;
   TransformerDims dims_;
   std::shared_ptr<SafeTensorsFile> file_;
 

@@ -252,7 +252,12 @@ std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineO
   // Loading computes position projections: at the calls' thread count, so that their bits do
   // not depend on the loading thread's.
   ThreadCountScope threads(impl->call_threads);
-  impl->model = OfaModel::load(config, model_dir + "/model.safetensors");
+  try {
+    impl->model = OfaModel::load(config, model_dir + "/model.safetensors", options.compute_type);
+  } catch (const Error& e) {
+    if (compute_type_supported(resolve_compute_type(options.compute_type))) throw;
+    throw Error(std::string("engine options: ") + e.what());
+  }
   const ModelConfig& cfg = impl->model->config();
   std::string where = "model config " + model_dir + "/config.json";
 
@@ -306,6 +311,8 @@ std::unique_ptr<Engine> Engine::load(const std::string& model_dir, const EngineO
 const ModelConfig& Engine::config() const { return impl_->model->config(); }
 const EngineOptions& Engine::options() const { return impl_->options; }
 int Engine::threads_per_call() const { return impl_->call_threads; }
+ComputeType Engine::compute_type() const { return impl_->model->compute_type(); }
+size_t Engine::weight_bytes() const { return impl_->model->weight_bytes().total(); }
 const ExitPolicy& Engine::default_exit_policy() const { return impl_->options.exit_policy; }
 const GenerationSettings& Engine::default_generation() const { return impl_->generation; }
 void Engine::check_exit_policy(const ExitPolicy& policy) const { impl_->check_policy(policy); }

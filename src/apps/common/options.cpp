@@ -80,6 +80,12 @@ bool EngineFlags::take(const std::string& flag, ArgReader& args) {
     threads = parse_count(flag, args.value(flag), 0);
   } else if (flag == "--workers") {
     workers = parse_count(flag, args.value(flag), 0);
+  } else if (flag == "--compute-type") {
+    try {
+      compute_type = parse_compute_type(args.value(flag));
+    } catch (const Error& e) {
+      throw Error(flag + ": " + e.what());
+    }
   } else if (flag == "--beam") {
     beam = parse_count(flag, args.value(flag), 1);
   } else if (flag == "--max-len") {
@@ -94,6 +100,7 @@ EngineOptions EngineFlags::engine_options() const {
   EngineOptions options;
   options.threads = threads;
   options.workers = workers;
+  options.compute_type = compute_type;
   return options;
 }
 

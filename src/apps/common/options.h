@@ -1,6 +1,6 @@
 // Command-line plumbing the apps share: reading flags and their values, numbers and counts with
 // errors that name the flag, the usage-error exit, finding the model, and the engine flags
-// (--model, --threads, --workers, --beam, --max-len) every app takes.
+// (--model, --threads, --workers, --compute-type, --beam, --max-len) every app takes.
 #pragma once
 
 #include <optional>
@@ -48,10 +48,11 @@ std::string find_model(const std::optional<std::string>& model_flag);
 
 // The flags that set up the engine, the same in every app.
 struct EngineFlags {
-  std::optional<std::string> model;  // --model DIR
-  int threads = 0;                   // --threads N, 0: all cores
-  int workers = 0;                   // --workers N, 0: calls run on the calling thread
-  int beam = 0, max_len = 0;         // --beam N, --max-len N; 0: the model's
+  std::optional<std::string> model;              // --model DIR
+  int threads = 0;                               // --threads N, 0: all cores
+  int workers = 0;                               // --workers N, 0: calls run on the calling thread
+  ComputeType compute_type = ComputeType::kF32;  // --compute-type f32|bf16|int8|auto
+  int beam = 0, max_len = 0;                     // --beam N, --max-len N; 0: the model's
 
   // Takes `flag` (and its value from `args`) if it is one of the engine flags.
   bool take(const std::string& flag, ArgReader& args);
@@ -65,6 +66,8 @@ inline constexpr const char* kEngineFlagsHelp =
   --threads N               OpenMP threads per engine call (default, or 0: all cores)
   --workers N               N single-threaded workers sharing the weights run the samples of
                             a call (default 0: the calling thread runs them)
+  --compute-type TYPE       GEMM and convolution precision: f32 (default), bf16, int8, or
+                            auto (the fastest this CPU runs natively)
   --beam N, --max-len N     captioning search settings (default: the model's)
 )";
 

@@ -1,0 +1,113 @@
+// The bf16 and int8 conversions (quantize.h): elementwise loops, OpenMP-parallel when large.
+#include "kernels/quantize.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <oneapi/dnnl/dnnl.hpp>
+
+namespace mue::kernels::detail {
+namespace {
+constexpr int64_t kMinParallel = 1 << 16;  // elements; below this a parallel region costs more
+}
+
+void to_bf16(const float* x, uint16_t* y, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &x[i], 4);
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+    y[i] = static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40u) : rounded);
+  }
+}
+
+float from_bf16(uint16_t v) {
+  const uint32_t bits = uint32_t{v} << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* scale,
+                      int32_t* zero_point) {
+#pragma omp parallel for schedule(static) if (m * k >= kMinParallel)
+  for (int64_t r = 0; r < m; ++r) {
+    const float* row = x + r * k;
+    float lo = 0.f, hi = 0.f;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+    for (int64_t i = 0; i < k; ++i) {
+      lo = std::min(lo, row[i]);
+      hi = std::max(hi, row[i]);
+    }
+    const float s = hi > lo ? (hi - lo) / 255.f : 1.f;
+    const int32_t zp = static_cast<int32_t>(std::nearbyint(-lo / s));
+    scale[r] = s;
+    zero_point[r] = zp;
+    const float inv = 1.f / s, offset = static_cast<float>(zp) + 0.5f;
+    uint8_t* out = q + r * k;
+#pragma omp simd
+    for (int64_t i = 0; i < k; ++i) {
+      // x / s + zp >= -0.5 within rounding, so +0.5 and truncation round to nearest.
+      const float v = std::min(std::max(row[i] * inv + offset, 0.f), 255.f);
+      out[i] = static_cast<uint8_t>(static_cast<int32_t>(v));
+    }
+  }
+}
+
+int int8_weight_max() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx2_vnni:
+    case dnnl::cpu_isa::avx512_core_vnni:
+    case dnnl::cpu_isa::avx512_core_bf16:
+    case dnnl::cpu_isa::avx512_core_amx:
+      return 127;
+    default:
+      return 63;
+  }
+}
+
+void quantize_weights_s8(const float* w, int64_t n, int64_t k, int qmax, int8_t* q, float* scale,
+                         int32_t* row_sum) {
+#pragma omp parallel for schedule(static) if (n * k >= kMinParallel)
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = w + j * k;
+    float amax = 0.f;
+    for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+    const float s = amax > 0.f ? amax / static_cast<float>(qmax) : 1.f;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const int32_t v = static_cast<int32_t>(std::nearbyint(row[i] / s));
+      q[j * k + i] = static_cast<int8_t>(std::clamp(v, -qmax, qmax));
+      sum += q[j * k + i];
+    }
+    scale[j] = s;
+    row_sum[j] = sum;
+  }
+}
+
+void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_scale,
+                    const int32_t* x_zero_point, const float* w_scale, const int32_t* w_row_sum,
+                    const float* bias, bool relu, float* y) {
+  // Columns in blocks so that the decoder's few rows of a wide output still split over threads.
+  constexpr int64_t kBlock = 4096;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for collapse(2) schedule(static) if (m * n >= kMinParallel)
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * kBlock, end = std::min(n, begin + kBlock);
+      const float xs = x_scale[r];
+      const int32_t zp = x_zero_point[r];
+      const int32_t* a = acc + r * n;
+      float* out = y + r * n;
+#pragma omp simd
+      for (int64_t j = begin; j < end; ++j) {
+        float v = xs * w_scale[j] * static_cast<float>(a[j] - zp * w_row_sum[j]);
+        if (bias != nullptr) v += bias[j];
+        out[j] = relu ? std::max(v, 0.f) : v;
+      }
+    }
+  }
+}
+
+}  // namespace mue::kernels::detail

@@ -1,0 +1,36 @@
+// Internal to src/kernels: the conversions the bf16 and int8 compute types need around oneDNN's
+// primitives. Plain loops on the AVX2 baseline (the compiler vectorises them); oneDNN's own
+// primitives dispatch to the CPU's ISA at run time.
+#pragma once
+
+#include <cstdint>
+
+namespace mue::kernels::detail {
+
+// fp32 -> bf16 bits, rounded to nearest even (NaN stays NaN).
+void to_bf16(const float* x, uint16_t* y, int64_t n);
+float from_bf16(uint16_t v);
+
+// Dynamic per-row asymmetric quantisation of x [m, k] to u8: the range of each row, widened to
+// hold 0, maps onto 0..255; x ~= scale[r] * (q - zero_point[r]). A zero row gets scale 1.
+void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* scale,
+                      int32_t* zero_point);
+
+// The largest weight magnitude int8 uses: 127, or 63 where oneDNN's ISA has no VNNI. Without
+// VNNI oneDNN multiplies u8 x s8 with vpmaddubsw, which saturates a pair's sum at 16 bits
+// (2 * 255 * 127 > 32767); 7-bit weights keep it exact (oneDNN's "int8 computation nuances").
+int int8_weight_max();
+
+// Symmetric per-output-channel quantisation of w [n, k] to s8 in [-qmax, qmax]:
+// w ~= scale[j] * q. row_sum[j] = sum_k q[j, k], the compensation of a zero point on the input.
+void quantize_weights_s8(const float* w, int64_t n, int64_t k, int qmax, int8_t* q, float* scale,
+                         int32_t* row_sum);
+
+// The int8 GEMM's epilogue: y[i, j] = act(x_scale[i] * w_scale[j] *
+// (acc[i, j] - x_zero_point[i] * w_row_sum[j]) + bias[j]); act 0 none, 1 relu (GELU is applied
+// by the caller). bias may be null.
+void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_scale,
+                    const int32_t* x_zero_point, const float* w_scale, const int32_t* w_row_sum,
+                    const float* bias, bool relu, float* y);
+
+}  // namespace mue::kernels::detail
