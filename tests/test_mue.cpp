@@ -76,7 +76,8 @@ TEST(MueCli, RefusesBadInputWithTheReason) {
 
 TEST(MueCli, ExitFlagsSetThePolicyFieldsInOrder) {
   ASSERT_TRUE(app_built("mue"));
-  const fs::path scratch = fs::path(MUE_BINARY_DIR) / "test_mue_cli";
+  // A scratch of its own: ctest runs the tests in parallel, and run_app writes mue.out there.
+  const fs::path scratch = fs::path(MUE_BINARY_DIR) / "test_mue_cli_exit_flags";
   fs::create_directories(scratch);
   const std::string image = shell_quote((kModel / "example.png").string());
   // Short and long forms of one field, the later one winning; workers run the call.
