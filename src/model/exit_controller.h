@@ -3,7 +3,6 @@
 // knows thresholds, schedules and statistics, and nothing about attention.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <utility>
@@ -22,7 +21,6 @@ class ExitDecision {
  public:
   using Rule = std::function<bool(int layer, int64_t group, double cosine)>;
   ExitDecision() = default;
-  ExitDecision(std::nullptr_t) {}  // NOLINT: "no exits", as a function pointer would say
   explicit ExitDecision(Rule rule, bool needs_cosine = true)
       : rule_(std::move(rule)), needs_cosine_(needs_cosine) {}
 
