@@ -9,6 +9,9 @@ packages=(
   python3 python3-numpy python3-torch python3-pil python3-matplotlib libopenblas0-pthread
   dataset-fashion-mnist  # the default model's scenes (training, held-out dumps)
   clang libclang-rt-14-dev libomp-dev  # tools/fuzz.sh: libFuzzer and clang's OpenMP
+  pybind11-dev python3-pybind11 python3-pytest  # the Python bindings and their tests
+  libcpp-httplib-dev wrk  # mue-server and its load benchmark
+  libopenmpi-dev openmpi-bin  # bench runs sharded over MPI
 )
 # node and npm are used only by the tokenizer cross-check; a machine may already have them
 # from another source (nodesource ships npm inside nodejs), so look for the commands.
