@@ -6,9 +6,8 @@
 #include <map>
 #include <vector>
 
-#include "mue/tensor.h"
-
 #include "model/exit_loop.h"
+#include "mue/tensor.h"
 
 namespace mue {
 namespace {
@@ -46,7 +45,7 @@ std::vector<float> initial_rows() {
   return x;
 }
 
-Outcome run_loop(int layers, const ExitDecision::Rule& rule, bool needs_cosine = true) {
+Outcome run_loop(int layers, const ExitDecision::CosineRule& rule, bool needs_cosine = true) {
   Outcome o;
   std::vector<float> x = initial_rows(), y(x.size());
   LayerStack stack;
@@ -78,7 +77,7 @@ Outcome run_loop(int layers, const ExitDecision::Rule& rule, bool needs_cosine =
 }
 
 // The same, one group at a time, by hand.
-Outcome run_naive(int layers, const ExitDecision::Rule& rule) {
+Outcome run_naive(int layers, const ExitDecision::CosineRule& rule) {
   Outcome o;
   std::vector<float> x = initial_rows();
   o.layers.assign(3, 0);
@@ -147,6 +146,70 @@ TEST(ExitLoop, RefusesAGroupIdOutsideTheGroups) {
   stack.on_exit = [](int, const ExitGroup&, const float*) {};
   float x[2] = {1, 2}, y[2];
   EXPECT_THROW(run_with_exits(stack, {{0, 1, 1, 0}, {5, 1, 1, 0}}, x, y, {}), Error);
+}
+
+// The confidence signal: the stack computes it from the group's own (compacted) output rows,
+// only when the rule reads it; the loop's decisions then match a plain loop's.
+TEST(ExitLoop, ConfidenceComesFromTheGroupsRowsOnlyWhenRead) {
+  // A toy "confidence": the mean of the group's first output row, squashed into (0, 1).
+  auto toy_confidence = [](const float* rows) {
+    return 1.0 / (1.0 + std::exp(-(rows[0] + rows[1] + rows[2]) / 3.0));
+  };
+  const int layers = 5;
+  std::vector<float> x = initial_rows(), y(x.size());
+  LayerStack stack;
+  stack.layers = layers;
+  stack.width = kWidth;
+  stack.run_layer = [&](int layer, const std::vector<ExitGroup>&, int64_t rows, const float* in,
+                        float* out) {
+    for (int64_t r = 0; r < rows; ++r) toy_layer(layer, in + r * kWidth, out + r * kWidth);
+  };
+  std::map<int64_t, std::vector<float>> exited;
+  stack.on_exit = [&](int, const ExitGroup& g, const float* rows) {
+    exited[g.id].assign(rows, rows + g.rows * kWidth);
+  };
+  int asked = 0;
+  stack.confidence = [&](int, const ExitGroup&, const float* rows) {
+    ++asked;
+    return toy_confidence(rows);
+  };
+  const double threshold = 0.8;
+  ExitDecision decide(
+      [&](int, int64_t, const ExitSignals& s) { return s.confidence() > threshold; });
+  std::vector<int> used = run_with_exits(stack, groups(), x.data(), y.data(), decide);
+  // The plain loop, group by group.
+  std::vector<float> start = initial_rows();
+  int64_t first = 0, want_asked = 0;
+  for (const ExitGroup& g : groups()) {
+    std::vector<float> cur(start.begin() + first * kWidth,
+                           start.begin() + (first + g.rows) * kWidth);
+    first += g.rows;
+    int depth = layers;
+    for (int l = 0; l < layers; ++l) {
+      std::vector<float> next(cur.size());
+      for (int64_t r = 0; r < g.rows; ++r) toy_layer(l, &cur[r * kWidth], &next[r * kWidth]);
+      cur = next;
+      if (l + 1 == layers) break;
+      ++want_asked;
+      if (toy_confidence(cur.data()) > threshold) {
+        depth = l + 1;
+        break;
+      }
+    }
+    EXPECT_EQ(used[g.id], depth) << "group " << g.id;
+    EXPECT_EQ(exited[g.id], cur) << "group " << g.id;
+  }
+  EXPECT_EQ(asked, want_asked);
+  // A cosine rule never asks for the confidence.
+  asked = 0;
+  x = initial_rows();
+  run_with_exits(stack, groups(), x.data(), y.data(),
+                 ExitDecision([](int, int64_t, const ExitSignals& s) { return s.cosine() > 2; }));
+  EXPECT_EQ(asked, 0);
+  // A stack without one: the rule's read is a clear error.
+  stack.confidence = nullptr;
+  x = initial_rows();
+  EXPECT_THROW(run_with_exits(stack, groups(), x.data(), y.data(), decide), Error);
 }
 
 }  // namespace

@@ -57,8 +57,11 @@ Outcome run(OfaModel& model, const ExitCase& c, const Tensor& images, const Tens
   Outcome o;
   o.enc = model.encode(images, src, ctl.decision(ExitStack::kImage, enc_layers),
                        ctl.decision(ExitStack::kText, enc_layers));
-  o.ve_logits = model.decode_full(o.enc, prev, ctl.decision(ExitStack::kDecoder, dec_layers),
-                                  &o.ve_layers, true);
+  // The confidence rule's VE answers (as entailment's three); none: the vocabulary.
+  std::vector<int64_t> answers = c.info.value("ve_confidence_ids", std::vector<int64_t>{});
+  o.ve_logits =
+      model.decode_full(o.enc, prev, ctl.decision(ExitStack::kDecoder, dec_layers), &o.ve_layers,
+                        true, nullptr, answers.empty() ? nullptr : &answers);
   for (auto mode : {SkippedLayerCache::kPropagate, SkippedLayerCache::kReference}) {
     ExitPolicy p = c.policy;
     p.skipped_layer_cache = mode;

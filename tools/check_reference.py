@@ -249,12 +249,16 @@ def check_exit_policy() -> None:
     same = R.ExitPolicy.from_json(json.loads(json.dumps(policy.to_json()))) == policy
     check(same and sorted(policy.to_json()) == sorted([
         "exit_threshold_image", "exit_threshold_text", "exit_threshold_decoder",
+        "exit_thresholds_image", "exit_thresholds_text", "exit_thresholds_decoder",
+        "decoder_rule", "confidence_threshold", "confidence_thresholds", "confidence_measure",
         "decoder_schedule", "calm_beta", "calm_tau", "fixed_depth_image", "fixed_depth_text",
         "fixed_depth_decoder", "skipped_layer_cache"]),
         "exit policy: JSON round trip with mue::ExitPolicy::to_json's fields")
     bad = [dict(exit_threshold_text=0.0), dict(exit_threshold_decoder=1.5),
            dict(decoder_schedule="linear"), dict(skipped_layer_cache="copy"),
-           dict(fixed_depth_decoder=-1), dict(calm_beta=2.0), dict(calm_tau=0.0)]
+           dict(fixed_depth_decoder=-1), dict(calm_beta=2.0), dict(calm_tau=0.0),
+           dict(exit_thresholds_text=[0.9, 1.5]), dict(decoder_rule="entropy"),
+           dict(confidence_threshold=0.0), dict(confidence_measure="gap")]
     rejected = 0
     for fields in bad:
         try:
@@ -280,6 +284,16 @@ def check_exit_policy() -> None:
           and fixed == [False, True, True, True] and off == [False, False],
           "exit test: strict cos > threshold, 1.0 never exits (whatever the schedule), the last "
           "layer and fixed depth k stop")
+    per = R.ExitPolicy(exit_thresholds_text=[0.95, 1.0, 0.5])
+    per_layer = [per.exits("text", layer, 4, cos[1:2]).item() for layer in range(4)]
+    try:
+        per.exits("text", 0, 6, cos)
+        wrong_length = False
+    except ValueError:
+        wrong_length = True
+    check(per_layer == [False, False, True, True] and wrong_length,
+          "exit test: per-layer thresholds (1.0 after a layer never exits there; a list must "
+          "have layers - 1 values)")
     a = torch.randn(3, 5, 4)
     b = torch.randn(3, 5, 4)
     valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)

@@ -66,6 +66,9 @@ class ExitCase:
     # Where exits must come at more than one depth; "ve_decoder" can be dropped where the VE
     # pass's (lower) cosines and the generation's cannot share a static threshold.
     must_vary: Tuple[str, ...] = ("image", "text", "ve_decoder", "gen")
+    # Token ids the VE pass's confidence rule reads (as entailment's three answers); empty: the
+    # whole vocabulary.
+    confidence_ids: Sequence[int] = ()
     note: str = ""
 
     def exit_policy(self, mode: str = "propagate") -> R.ExitPolicy:
@@ -84,6 +87,20 @@ class ExitCase:
         if p.fixed_depth_image or p.fixed_depth_text or p.fixed_depth_decoder:
             exits = (f"fixed depths image {p.fixed_depth_image}, text {p.fixed_depth_text}, "
                      f"decoder {p.fixed_depth_decoder}")
+        elif (p.exit_thresholds_image or p.exit_thresholds_text or p.exit_thresholds_decoder
+              or p.decoder_rule != "cosine"):
+            def per(stack):
+                values = getattr(p, f"exit_thresholds_{stack}")
+                return values if values else getattr(p, f"exit_threshold_{stack}")
+            if p.decoder_rule == "confidence":
+                decoder = (f"decoder confidence ({p.confidence_measure}) "
+                           f"{p.confidence_thresholds or p.confidence_threshold}, read over "
+                           + (f"ids {list(self.confidence_ids)} in VE" if self.confidence_ids
+                              else "the vocabulary"))
+            else:
+                decoder = f"decoder {per('decoder')}"
+            exits = (f"thresholds (per layer where a list) image {per('image')}, text "
+                     f"{per('text')}, {decoder} ({p.decoder_schedule})")
         else:
             exits = (f"thresholds image {p.exit_threshold_image}, text {p.exit_threshold_text}, "
                      f"decoder {p.exit_threshold_decoder} ({p.decoder_schedule})")
@@ -126,6 +143,23 @@ CASES: List[ExitCase] = [
     ExitCase("tiny_joint_static_greedy", "tiny", "joint", (32, 32), 405, (9, 4, 7), (5, 3, 6),
              dict(exit_threshold_text=0.8315, exit_threshold_decoder=0.79), beam_size=1,
              max_len=7),
+    # Per-layer cosine thresholds on all three stacks: the decoder never exits after layer 2
+    # (threshold 0.99) but does after layers 1 and 3.
+    ExitCase("tiny_decomposed_per_layer", "tiny", "decomposed", (32, 32), 411, (9, 5, 3),
+             (7, 4, 2), dict(exit_thresholds_image=[0.585, 0.9, 0.834],
+                             exit_thresholds_text=[0.545, 0.76, 0.99],
+                             exit_thresholds_decoder=[0.56, 0.99, 0.845])),
+    # The confidence rule, per layer, top-1 probability: VE reads three answer ids. The random
+    # OFA-tiny head is so peaked over its 59457 tokens that every generation step exits after
+    # layer 1; the per-step variation is tested by test_decomposed_confidence_margin.
+    ExitCase("tiny_decomposed_confidence", "tiny", "decomposed", (32, 32), 412, (9, 5, 3),
+             (7, 4, 2), dict(decoder_rule="confidence", confidence_thresholds=[0.95, 0.9, 0.75]),
+             confidence_ids=(4, 5, 6), must_vary=("ve_decoder",)),
+    # The confidence rule's margin measure (CALM's top-1 minus top-2) with one threshold.
+    ExitCase("test_decomposed_confidence_margin", "test", "decomposed", (32, 32), 414, (9, 5, 3),
+             (7, 4, 2), dict(decoder_rule="confidence", confidence_measure="margin",
+                             confidence_threshold=0.2),
+             confidence_ids=(10, 20, 30), must_vary=("ve_decoder", "gen")),
 ]
 
 
@@ -157,7 +191,8 @@ def run_case(case: ExitCase, model: Optional[R.OFAModel] = None) -> Outcome:
     encoder_out = R.mue.encode(model, torch.from_numpy(images), torch.from_numpy(src), policy,
                                margins)
     layers = R.exit_layers(encoder_out)
-    ve_logits, ve_layers = R.score_ve(model, encoder_out, torch.from_numpy(prev), policy, margins)
+    ve_logits, ve_layers = R.score_ve(model, encoder_out, torch.from_numpy(prev), policy, margins,
+                                      list(case.confidence_ids) or None)
     tensors = {
         "patch_images": images,
         "src_tokens": src,
@@ -195,6 +230,7 @@ def run_case(case: ExitCase, model: Optional[R.OFAModel] = None) -> Outcome:
         "src_lengths": list(case.src_lengths),
         "tgt_lengths": list(case.tgt_lengths),
         "policy": policy.to_json(),
+        "ve_confidence_ids": list(case.confidence_ids),
         "generation": {"beam_size": case.beam_size, "max_len": case.max_len,
                        "min_len": case.min_len, "no_repeat_ngram_size": case.no_repeat_ngram_size,
                        "length_penalty": case.length_penalty},
@@ -231,7 +267,11 @@ def problems(case: ExitCase, outcome: Outcome) -> List[str]:
     for stack, keys in (("image", ["image"]), ("text", ["text"]),
                         ("decoder", ["ve_decoder"] + [f"gen_decoder_{k}" for k in KV_MODES])):
         fixed = policy.fixed_depth(stack) > 0
-        similar = getattr(policy, f"exit_threshold_{stack}") < 1.0
+        if policy.reads_confidence(stack):
+            similar = min([policy.confidence_threshold] + policy.confidence_thresholds) < 1.0
+        else:
+            similar = min([getattr(policy, f"exit_threshold_{stack}")]
+                          + getattr(policy, f"exit_thresholds_{stack}")) < 1.0
         if fixed or not similar or (stack == "image" and case.encoder_mode == "joint"):
             continue
         if len(case.src_lengths) == 1:  # one sample: only the generation steps can vary

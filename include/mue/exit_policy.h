@@ -1,9 +1,11 @@
-// MuE exit policy (spec 1.2-1.5): per-stack similarity thresholds, the decoder's threshold
-// schedule, fixed-depth exits for ablations, and how skipped decoder layers fill their caches.
+// MuE exit policy (spec 1.2-1.5): per-stack (optionally per-layer) similarity thresholds, the
+// decoder's rule (MuE's cosine or the answer's confidence) and threshold schedule, fixed-depth
+// exits for ablations, and how skipped decoder layers fill their caches.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace mue {
 
@@ -20,12 +22,38 @@ enum class SkippedLayerCache {
                // (spec 1.3)
 };
 
+// What the decoder's exit test reads after a layer.
+enum class DecoderRule {
+  kCosine,      // MuE: cos(layer output, layer input) > threshold
+  kConfidence,  // the answer's softmax confidence at this layer (final LayerNorm and output
+                // projection, as the full-depth head) > threshold
+};
+
+// How the confidence rule measures an answer distribution.
+enum class ConfidenceMeasure {
+  kTop1,    // the largest probability
+  kMargin,  // the largest minus the second largest (CALM's softmax margin)
+};
+
 struct ExitPolicy {
   // Exit after layer l when cos(output, input) > threshold; thresholds lie in (0, 1] and 1.0
   // never exits.
   double exit_threshold_image = 1.0;
   double exit_threshold_text = 1.0;
   double exit_threshold_decoder = 1.0;
+  // Per layer, optional: threshold after layer l (0-based) for l = 0..layers-2 (the last layer
+  // always stops); when non-empty it replaces the stack's single threshold. The length is
+  // checked against the model (ExitController, Engine::check_exit_policy).
+  std::vector<double> exit_thresholds_image;
+  std::vector<double> exit_thresholds_text;
+  std::vector<double> exit_thresholds_decoder;
+  DecoderRule decoder_rule = DecoderRule::kCosine;
+  // The confidence rule: exit when the measure exceeds the threshold, in (0, 1]; 1.0 never
+  // exits. Entailment reads the three answer tokens, captioning the whole vocabulary. The
+  // decoder schedule applies to these thresholds as to the cosine's.
+  double confidence_threshold = 1.0;
+  std::vector<double> confidence_thresholds;  // per layer, as exit_thresholds_*
+  ConfidenceMeasure confidence_measure = ConfidenceMeasure::kTop1;
   DecoderSchedule decoder_schedule = DecoderSchedule::kStatic;
   double calm_beta = 0.9;
   double calm_tau = 1.0;
@@ -44,6 +72,8 @@ struct ExitPolicy {
 };
 
 const char* decoder_schedule_name(DecoderSchedule s);
+const char* decoder_rule_name(DecoderRule r);
+const char* confidence_measure_name(ConfidenceMeasure m);
 const char* skipped_layer_cache_name(SkippedLayerCache c);
 
 }  // namespace mue

@@ -16,6 +16,7 @@
 
 #include "apps/common/exit_settings.h"
 #include "apps/common/options.h"
+#include "apps/common/result_json.h"
 #include "mue/runtime.h"
 
 namespace {
@@ -251,13 +252,16 @@ int main(int argc, char** argv) {
       out = run(with_exits, !a.json);
     }
     const mue::ExitPolicy& p = engine->default_exit_policy();
-    out["policy_file"] = file.empty() ? nlohmann::json(nullptr) : nlohmann::json(file);
-    out["policy"] = p.to_json();
+    apps::add_policy_fields(out, file, p);
     if (!a.json) {
-      std::cout << "policy:   " << (file.empty() ? std::string("defaults") : file)
-                << std::setprecision(4) << std::defaultfloat << " -> thresholds image "
-                << p.exit_threshold_image << ", text " << p.exit_threshold_text << ", decoder "
-                << p.exit_threshold_decoder << "\n";
+      // The policy's JSON fields that differ from full depth's: rules, per-layer lists and
+      // schedules included, as a file would spell them.
+      nlohmann::json set = nlohmann::json::object();
+      const nlohmann::json all = p.to_json(), full = mue::ExitPolicy::full_depth().to_json();
+      for (const auto& [key, value] : all.items())
+        if (!full.contains(key) || full[key] != value) set[key] = value;
+      std::cout << "policy:   " << (file.empty() ? std::string("defaults") : file) << " -> "
+                << (set.empty() ? std::string("full depth") : set.dump()) << "\n";
     }
     if (a.json) std::cout << out.dump(2) << "\n";
   } catch (const mue::Error& e) {

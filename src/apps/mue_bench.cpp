@@ -5,7 +5,10 @@
 #include <filesystem>
 #include <iostream>
 
+#include "apps/common/adaptivity.h"
 #include "apps/common/bench_dump.h"
+#include "apps/common/cluster.h"
+#include "apps/common/machine.h"
 #include "apps/common/options.h"
 #include "apps/common/plot.h"
 #include "apps/common/report.h"
@@ -41,6 +44,11 @@ options:
   --svg FILE                write a plot of quality against measured time reduction
   --plot-x reduction|ms     the plot's x axis (default: reduction)
   --per-sample              add every sample's prediction, exit layers and time to the JSON
+  --adaptivity              print the adaptivity report (always in the JSON): exit-depth spread
+                            per stream, depth of right and wrong answers (VE)
+  --group-by F1,F2,...      also the mean depth per value of these manifest fields (difficulty
+                            buckets, e.g. template,num_objects of the scene dumps); implies
+                            --adaptivity
   --no-warmup               skip the untimed first batch
   --no-progress             no progress bar (it is shown only when stderr is a terminal)
 )";
@@ -57,6 +65,8 @@ struct Args {
   std::optional<apps::Task> task;
   apps::EngineFlags engine;
   std::vector<std::string> setting_args;
+  std::vector<std::string> group_by;
+  bool adaptivity = false;
   std::vector<apps::SweepAxis> sweep;
   bool fixed_depths = false, per_sample = false, warmup = true, progress = true;
   int batch_size = 1;
@@ -97,6 +107,12 @@ Args parse(int argc, char** argv) {
       a.plot_x = apps::parse_plot_x(args.value(arg));
     } else if (arg == "--per-sample") {
       a.per_sample = true;
+    } else if (arg == "--adaptivity") {
+      a.adaptivity = true;
+    } else if (arg == "--group-by") {
+      a.group_by = apps::split(args.value(arg), ',');
+      if (a.group_by.empty()) throw mue::Error("--group-by needs manifest field names");
+      a.adaptivity = true;
     } else if (arg == "--no-warmup") {
       a.warmup = false;
     } else if (arg == "--no-progress") {
@@ -113,6 +129,14 @@ Args parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   mue::adopt_openmp_wait_policy(argv);  // before any OpenMP work: see mue/runtime.h
+  try {
+    apps::Cluster::join(&argc, &argv);  // a rank of an MPI job, if mpirun or srun started us
+  } catch (const mue::Error& e) {
+    std::cerr << kTool << ": " << e.what() << "\n";
+    return 1;
+  }
+  const apps::Cluster& cluster = apps::Cluster::get();
+  if (!cluster.root()) std::cout.setstate(std::ios::failbit);  // only rank 0 prints
   // Settings and the dump are checked before the model loads, so that mistakes fail fast
   // (status 2); what fails after that exits with status 1.
   Args a;
@@ -134,7 +158,8 @@ int main(int argc, char** argv) {
 
   try {
     const std::string model = apps::find_model(a.engine.model);
-    const mue::EngineOptions options = a.engine.engine_options();
+    mue::EngineOptions options = a.engine.engine_options();
+    if (options.threads == 0) options.threads = cluster.default_threads();
     auto engine = mue::Engine::load(model, options);
     const mue::ModelConfig& config = engine->config();
     if (a.fixed_depths)
@@ -144,6 +169,17 @@ int main(int argc, char** argv) {
     std::vector<apps::Setting> settings = apps::with_baseline(requested);
 
     apps::RunOptions run_options;
+    // Settings in another compute type run on an engine of their own, loaded once per type.
+    std::vector<std::unique_ptr<mue::Engine>> typed_engines;
+    for (const apps::Setting& s : settings) {
+      if (!s.compute_type) continue;
+      mue::ComputeType type = mue::resolve_compute_type(*s.compute_type);
+      if (type == engine->compute_type() || run_options.engines.count(type)) continue;
+      mue::EngineOptions typed = options;
+      typed.compute_type = type;
+      typed_engines.push_back(mue::Engine::load(model, typed));
+      run_options.engines[type] = typed_engines.back().get();
+    }
     run_options.batch_size = a.batch_size;
     run_options.warmup = a.warmup;
     run_options.progress = a.progress && apps::stderr_is_terminal();
@@ -155,6 +191,9 @@ int main(int argc, char** argv) {
     if (dump_json["scored"].get<size_t>() == 0)
       throw mue::Error("no sample of " + a.dump + " could be run");
     json settings_json = apps::summarize_settings(dump, result, config, {a.metric, a.per_sample});
+    for (size_t k = 0; k < settings.size(); ++k)
+      settings_json[k]["compute_type"] = mue::compute_type_name(
+          mue::resolve_compute_type(settings[k].compute_type.value_or(engine->compute_type())));
 
     const int threads = engine->threads_per_call();
     json report = {{"tool", kTool},
@@ -163,7 +202,9 @@ int main(int argc, char** argv) {
                    {"task", apps::task_name(dump.task)},
                    {"threads", threads},
                    {"compute_type", mue::compute_type_name(engine->compute_type())},
+                   {"machine", apps::machine_block(threads)},
                    {"workers", options.workers},
+                   {"mpi_ranks", cluster.size()},
                    {"batch_size", a.batch_size},
                    {"timing", apps::kTimingNote},
                    {"run_seconds", result.run_seconds},
@@ -172,16 +213,19 @@ int main(int argc, char** argv) {
                    {"settings", settings_json}};
     if (dump.task == apps::Task::kCaption)
       report["generation"] = run_options.call.generation->to_json();
+    report["adaptivity"] = apps::adaptivity_json(dump, result, a.group_by);
 
     std::cout << kTool << ": " << a.dump << " (" << apps::task_name(dump.task) << ", "
               << dump_json["scored"] << " samples scored, " << dump_json["bad"] << " bad), model "
               << model << ", " << threads << " threads, "
               << mue::compute_type_name(engine->compute_type())
               << (options.workers ? " x " + std::to_string(options.workers) + " workers" : "")
-              << ", batch " << a.batch_size << "\n";
+              << ", batch " << a.batch_size << "\n"
+              << "machine: " << apps::machine_line(report["machine"]) << "\n";
     apps::print_table(std::cout, settings_json, dump.task, a.metric);
-    if (!a.json_out.empty()) apps::write_json(a.json_out, report);
-    if (!a.svg_out.empty())
+    if (a.adaptivity) apps::print_adaptivity(std::cout, report["adaptivity"]);
+    if (cluster.root() && !a.json_out.empty()) apps::write_json(a.json_out, report);
+    if (cluster.root() && !a.svg_out.empty())
       apps::write_svg(a.svg_out, settings_json, a.metric, a.plot_x,
                       std::string(kTool) + ": " +
                           std::filesystem::path(a.dump).filename().string() + " (" + config.name +

@@ -1,15 +1,18 @@
-// mue-calibrate: finds the exit thresholds (image, text, decoder) that cut the most measured wall
-// clock on a dev dump while keeping quality retention against full depth at or above a target,
-// writes that exit policy as JSON (the library and the CLI load it), and reports it on a test
-// dump.
+// mue-calibrate: finds the exit thresholds (image, text, decoder; per stack or per layer) and the
+// decoder's rule (cosine or answer confidence) that cut the most measured wall clock (or expected
+// layer count) on a dev dump while keeping quality retention against full depth at or above a
+// target (plus a margin), writes that exit policy as JSON (the library and the CLI load it), and
+// reports it on a test dump with the dev/test gap.
 //
 //   mue-calibrate --dev-dump DIR --out POLICY.json [--test-dump DIR] [--target 0.99] [options]
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <map>
 
 #include "apps/common/bench_dump.h"
+#include "apps/common/cluster.h"
 #include "apps/common/exit_settings.h"
 #include "apps/common/options.h"
 #include "apps/common/report.h"
@@ -45,6 +48,19 @@ options:
                             (default 0.7,0.8,0.85,0.9,0.93,0.95,0.97,0.99,1)
   --image-grid, --text-grid, --decoder-grid V1,...   a stack's own grid
   --stacks LIST             stacks to search, in order (default image,text,decoder)
+  --rules LIST              decoder rules to search (cosine, confidence; default cosine): the
+                            decoder step tries every rule with its grid
+  --confidence-grid V1,...  the confidence rule's thresholds
+                            (default 0.5,0.6,0.7,0.8,0.9,0.95,0.98,0.99,1)
+  --confidence-measure NAME top1 (default) or margin (top-1 minus top-2 probability)
+  --per-layer LIST          stacks whose thresholds are then refined per layer (image, text,
+                            decoder): after the stack's single threshold is chosen, each layer's
+                            threshold in turn is searched over the stack's grid
+  --start FILE              start the search from this exit policy (e.g. an earlier
+                            calibration, to refine it with finer grids) instead of full depth
+  --margin M                calibrate to retention >= target + M on dev, so that the test
+                            retention, which moves by sampling noise, keeps the target
+                            (default 0); the report gives the dev/test gap
   --schedules LIST          decoder schedules to search with the decoder threshold
                             (static, decaying, calm; default: static only)
   --kv-cache NAME           skipped decoder layers' cache: propagate (default) or reference
@@ -80,13 +96,18 @@ std::vector<double> parse_grid(const std::string& flag, const std::string& text)
 }
 
 struct Args {
-  std::string dev_dump, test_dump, out, json_out, metric;
+  std::string dev_dump, test_dump, out, json_out, metric, start;
   std::optional<apps::Task> task;
   apps::EngineFlags engine;
   double target = 0.99;
   bool objective_measured = true, warmup = true, progress = true;
   std::map<Stack, std::vector<double>> grids;
   std::vector<Stack> stacks{Stack::kImage, Stack::kText, Stack::kDecoder};
+  std::vector<mue::DecoderRule> rules{mue::DecoderRule::kCosine};
+  std::vector<double> confidence_grid{0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0};
+  mue::ConfidenceMeasure measure = mue::ConfidenceMeasure::kTop1;
+  std::vector<Stack> per_layer;
+  double margin = 0;
   std::vector<mue::DecoderSchedule> schedules{mue::DecoderSchedule::kStatic};
   mue::SkippedLayerCache kv = mue::SkippedLayerCache::kPropagate;
   int rounds = 2, batch_size = 1;
@@ -153,6 +174,33 @@ Args parse(int argc, char** argv) {
           throw mue::Error("--stacks: unknown stack \"" + s + "\" (image, text, decoder)");
       }
       if (a.stacks.empty()) throw mue::Error("--stacks is empty");
+    } else if (arg == "--rules") {
+      a.rules.clear();
+      for (const std::string& r : apps::split(args.value(arg), ','))
+        a.rules.push_back(policy_with("decoder_rule", r, arg).decoder_rule);
+      if (a.rules.empty()) throw mue::Error("--rules is empty");
+    } else if (arg == "--confidence-grid") {
+      a.confidence_grid = parse_grid(arg, args.value(arg));
+    } else if (arg == "--confidence-measure") {
+      a.measure = policy_with("confidence_measure", args.value(arg), arg).confidence_measure;
+    } else if (arg == "--per-layer") {
+      for (const std::string& s : apps::split(args.value(arg), ',')) {
+        if (s == "image")
+          a.per_layer.push_back(Stack::kImage);
+        else if (s == "text")
+          a.per_layer.push_back(Stack::kText);
+        else if (s == "decoder")
+          a.per_layer.push_back(Stack::kDecoder);
+        else
+          throw mue::Error("--per-layer: unknown stack \"" + s + "\" (image, text, decoder)");
+      }
+    } else if (arg == "--start") {
+      a.start = args.value(arg);
+      mue::ExitPolicy::load(a.start);  // checked now
+    } else if (arg == "--margin") {
+      a.margin = apps::parse_double(arg, args.value(arg));
+      if (!(a.margin >= 0 && a.margin < 0.5))
+        throw mue::Error("--margin must be a retention difference in [0, 0.5), such as 0.005");
     } else if (arg == "--schedules") {
       a.schedules.clear();
       for (const std::string& s : apps::split(args.value(arg), ','))
@@ -183,10 +231,76 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-mue::ExitPolicy with_stack(mue::ExitPolicy p, Stack stack, double threshold) {
-  if (stack == Stack::kImage) p.exit_threshold_image = threshold;
-  if (stack == Stack::kText) p.exit_threshold_text = threshold;
-  if (stack == Stack::kDecoder) p.exit_threshold_decoder = threshold;
+// The decoder under `rule`, the other rule's thresholds off (so that a written policy holds only
+// what it uses).
+mue::ExitPolicy with_rule(mue::ExitPolicy p, mue::DecoderRule rule) {
+  if (rule == p.decoder_rule) return p;
+  p.decoder_rule = rule;
+  if (rule == mue::DecoderRule::kConfidence) {
+    p.exit_threshold_decoder = 1.0;
+    p.exit_thresholds_decoder.clear();
+  } else {
+    p.confidence_threshold = 1.0;
+    p.confidence_thresholds.clear();
+  }
+  return p;
+}
+
+// The stack's threshold set to `threshold` (its per-layer list cleared); the decoder's under
+// `rule`, which becomes the policy's.
+mue::ExitPolicy with_stack(mue::ExitPolicy p, Stack stack, double threshold,
+                           mue::DecoderRule rule = mue::DecoderRule::kCosine) {
+  if (stack == Stack::kImage) {
+    p.exit_threshold_image = threshold;
+    p.exit_thresholds_image.clear();
+  }
+  if (stack == Stack::kText) {
+    p.exit_threshold_text = threshold;
+    p.exit_thresholds_text.clear();
+  }
+  if (stack == Stack::kDecoder) {
+    p = with_rule(p, rule);
+    if (rule == mue::DecoderRule::kConfidence) {
+      p.confidence_threshold = threshold;
+      p.confidence_thresholds.clear();
+    } else {
+      p.exit_threshold_decoder = threshold;
+      p.exit_thresholds_decoder.clear();
+    }
+  }
+  return p;
+}
+
+// The per-layer list the stack's search refines (under the decoder's current rule), and the
+// single threshold it starts from.
+std::vector<double>& layer_list(mue::ExitPolicy& p, Stack stack, double** single) {
+  switch (stack) {
+    case Stack::kImage:
+      *single = &p.exit_threshold_image;
+      return p.exit_thresholds_image;
+    case Stack::kText:
+      *single = &p.exit_threshold_text;
+      return p.exit_thresholds_text;
+    case Stack::kDecoder:
+      break;
+  }
+  if (p.decoder_rule == mue::DecoderRule::kConfidence) {
+    *single = &p.confidence_threshold;
+    return p.confidence_thresholds;
+  }
+  *single = &p.exit_threshold_decoder;
+  return p.exit_thresholds_decoder;
+}
+
+// The stack's threshold after layer `layer` set to `threshold`: the single threshold becomes a
+// list first (then the single value is reset to 1, which the list replaces).
+mue::ExitPolicy with_layer(mue::ExitPolicy p, Stack stack, int layer, int layers,
+                           double threshold) {
+  double* single = nullptr;
+  std::vector<double>& list = layer_list(p, stack, &single);
+  if (list.empty()) list.assign(static_cast<size_t>(layers - 1), *single);
+  list[static_cast<size_t>(layer)] = threshold;
+  *single = 1.0;
   return p;
 }
 
@@ -243,6 +357,14 @@ json run_and_summarize(Context& ctx, const apps::BenchDump& dump,
 
 int main(int argc, char** argv) {
   mue::adopt_openmp_wait_policy(argv);  // before any OpenMP work: see mue/runtime.h
+  try {
+    apps::Cluster::join(&argc, &argv);  // a rank of an MPI job, if mpirun or srun started us
+  } catch (const mue::Error& e) {
+    std::cerr << kTool << ": " << e.what() << "\n";
+    return 1;
+  }
+  const apps::Cluster& cluster = apps::Cluster::get();
+  if (!cluster.root()) std::cout.setstate(std::ios::failbit);  // only rank 0 prints
   Args a;
   apps::BenchDump dev, test;
   try {
@@ -263,7 +385,8 @@ int main(int argc, char** argv) {
 
   try {
     const std::string model = apps::find_model(a.engine.model);
-    const mue::EngineOptions options = a.engine.engine_options();
+    mue::EngineOptions options = a.engine.engine_options();
+    if (options.threads == 0) options.threads = cluster.default_threads();
     auto engine = mue::Engine::load(model, options);
     const int threads = engine->threads_per_call();
     Context ctx;
@@ -279,38 +402,76 @@ int main(int argc, char** argv) {
     mue::ExitPolicy current;
     current.skipped_layer_cache = a.kv;
     current.decoder_schedule = a.schedules.front();
+    current.confidence_measure = a.measure;
+    if (!a.start.empty()) {
+      current = mue::ExitPolicy::load(a.start);
+      engine->check_exit_policy(current);
+    }
+    const int enc_layers = engine->config().encoder_layers;
+    const int dec_layers = engine->config().decoder_layers;
+    // The dev target carries the margin: test retention moves by sampling noise.
+    const double dev_target = a.target + a.margin;
     std::optional<Measured> current_numbers;
     json search = json::array(), dev_dump_json, dev_settings;
     bool bad_reported = false;
     int rounds_run = 0;
     std::cout << "mue-calibrate: " << a.dev_dump << " (" << apps::task_name(dev.task) << "), "
-              << a.metric << " retention >= " << a.target << ", objective "
+              << a.metric << " retention >= " << a.target
+              << (a.margin > 0 ? " (dev: >= " + apps::short_number(dev_target) + ")" : "")
+              << ", objective "
               << (a.objective_measured ? "measured wall-clock" : "expected (layer-count)")
               << " time reduction\n";
 
     for (int round = 1; round <= a.rounds; ++round) {
       ++rounds_run;
       bool changed = false;
-      for (Stack stack : a.stacks) {
-        // Candidates: the stack's grid (and schedules), with the current choice among them.
+      // Steps: every stack's single threshold (the decoder's under every rule), then, for the
+      // stacks searched per layer, each layer's threshold in turn.
+      std::vector<std::pair<Stack, int>> steps;
+      for (Stack stack : a.stacks) steps.push_back({stack, -1});
+      for (Stack stack : a.stacks)
+        if (std::find(a.per_layer.begin(), a.per_layer.end(), stack) != a.per_layer.end())
+          for (int l = 0; l + 1 < (stack == Stack::kDecoder ? dec_layers : enc_layers); ++l)
+            steps.push_back({stack, l});
+      for (auto [stack, layer] : steps) {
+        // Candidates: the stack's grid (and rules, schedules), with the current choice first.
         std::vector<mue::ExitPolicy> candidates{current};
-        for (double v : a.grids[stack]) {
-          std::vector<mue::DecoderSchedule> schedules{current.decoder_schedule};
-          if (stack == Stack::kDecoder) schedules = a.schedules;
-          for (mue::DecoderSchedule s : schedules) {
-            mue::ExitPolicy p = with_stack(current, stack, v);
-            p.decoder_schedule = s;
-            bool seen = false;
-            for (const auto& c : candidates) seen = seen || apps::same_policy(c, p);
-            if (!seen) candidates.push_back(p);
+        auto add = [&](const mue::ExitPolicy& p) {
+          bool seen = false;
+          for (const auto& c : candidates) seen = seen || apps::same_policy(c, p);
+          if (!seen) candidates.push_back(p);
+        };
+        if (layer >= 0 && stack != Stack::kDecoder) {
+          for (double v : a.grids[stack]) add(with_layer(current, stack, layer, enc_layers, v));
+        } else if (layer >= 0) {
+          // Every searched rule, each from its own thresholds (a rule not in use starts from
+          // 1.0, off, everywhere but this layer).
+          for (mue::DecoderRule rule : a.rules) {
+            mue::ExitPolicy start = with_rule(current, rule);
+            for (double v :
+                 rule == mue::DecoderRule::kConfidence ? a.confidence_grid : a.grids[stack])
+              add(with_layer(start, stack, layer, dec_layers, v));
           }
+        } else if (stack != Stack::kDecoder) {
+          for (double v : a.grids[stack]) add(with_stack(current, stack, v));
+        } else {
+          for (mue::DecoderRule rule : a.rules)
+            for (double v :
+                 rule == mue::DecoderRule::kConfidence ? a.confidence_grid : a.grids[stack])
+              for (mue::DecoderSchedule s : a.schedules) {
+                mue::ExitPolicy p = with_stack(current, stack, v, rule);
+                p.decoder_schedule = s;
+                add(p);
+              }
         }
         std::vector<apps::Setting> settings;
         for (const auto& p : candidates)
           if (!apps::same_policy(p, mue::ExitPolicy::full_depth()))
             settings.push_back({apps::policy_name(p), p});
-        ctx.run_options.label =
-            "mue-calibrate round " + std::to_string(round) + " " + stack_name(stack);
+        const std::string step_name =
+            std::string(stack_name(stack)) +
+            (layer >= 0 ? " after layer " + std::to_string(layer + 1) : std::string());
+        ctx.run_options.label = "mue-calibrate round " + std::to_string(round) + " " + step_name;
         json summaries = run_and_summarize(ctx, dev, settings, &dev_dump_json);
         if (!bad_reported) {
           apps::report_bad_samples(dev_dump_json, kTool);
@@ -332,9 +493,10 @@ int main(int argc, char** argv) {
         Measured best_numbers = now;
         for (const auto& p : candidates) {
           Measured m = measured_of(summary_of(p), baseline);
-          bool feasible = m.retention && *m.retention >= a.target - 1e-12;
+          bool feasible = m.retention && *m.retention >= dev_target - 1e-12;
           search.push_back({{"round", round},
                             {"stack", stack_name(stack)},
+                            {"layer", layer >= 0 ? json(layer + 1) : json(nullptr)},
                             {"policy", p.to_json()},
                             {"name", apps::policy_name(p)},
                             {"feasible", feasible},
@@ -351,7 +513,7 @@ int main(int argc, char** argv) {
             best_numbers = m;
           }
         }
-        std::cout << "  round " << round << ", " << stack_name(stack) << ": " << candidates.size()
+        std::cout << "  round " << round << ", " << step_name << ": " << candidates.size()
                   << " candidates -> " << apps::policy_name(best) << " (retention "
                   << apps::fixed(best_numbers.retention.value_or(0), 4) << ", measured "
                   << apps::percent_or_na(best_numbers.measured) << ", expected "
@@ -372,9 +534,11 @@ int main(int argc, char** argv) {
     policy["comment"] = "written by mue-calibrate: the largest " +
                         std::string(a.objective_measured ? "measured wall-clock" : "expected") +
                         " time reduction on the dev dump with " + a.metric +
-                        " retention >= " + apps::short_number(a.target);
+                        " retention >= " + apps::short_number(dev_target);
     json calibration = numbers_json(*current_numbers);
     calibration["target_retention"] = a.target;
+    calibration["margin"] = a.margin;
+    calibration["dev_target_retention"] = dev_target;
     calibration["metric"] = a.metric;
     calibration["objective"] = a.objective_measured ? "measured" : "expected";
     calibration["dev_dump"] = a.dev_dump;
@@ -384,11 +548,12 @@ int main(int argc, char** argv) {
     calibration["threads"] = threads;
     calibration["compute_type"] = mue::compute_type_name(engine->compute_type());
     calibration["workers"] = options.workers;
+    calibration["mpi_ranks"] = cluster.size();
     calibration["rounds"] = rounds_run;
     policy["calibration"] = calibration;
     if (!apps::same_policy(mue::ExitPolicy::from_json(policy, "the calibrated policy"), current))
       throw mue::Error("internal: the written policy does not read back as chosen");
-    apps::write_json(a.out, policy);
+    if (cluster.root()) apps::write_json(a.out, policy);
 
     std::cout << "\nchosen exit policy (" << a.out << "): " << apps::policy_name(current)
               << "\n\ndev (" << a.dev_dump << ", " << dev_dump_json["scored"]
@@ -401,6 +566,7 @@ int main(int argc, char** argv) {
                    {"threads", threads},
                    {"compute_type", mue::compute_type_name(engine->compute_type())},
                    {"workers", options.workers},
+                   {"mpi_ranks", cluster.size()},
                    {"batch_size", a.batch_size},
                    {"timing", apps::kTimingNote},
                    {"quality_metric", a.metric},
@@ -416,8 +582,23 @@ int main(int argc, char** argv) {
       std::cout << "\ntest (" << a.test_dump << ", " << test_dump_json["scored"] << " samples):\n";
       apps::print_table(std::cout, test_settings, test.task, a.metric);
       report["test"] = {{"dump", test_dump_json}, {"settings", test_settings}};
+      // How far dev overstated the policy: test minus dev, per number.
+      Measured on_test = measured_of(test_settings[1], test_settings[0]);
+      json gap = json::object();
+      if (on_test.retention && current_numbers->retention)
+        gap["retention"] = *on_test.retention - *current_numbers->retention;
+      gap["expected_time_reduction"] = on_test.expected - current_numbers->expected;
+      gap["measured_time_reduction"] = on_test.measured - current_numbers->measured;
+      report["dev_test_gap"] = gap;
+      std::cout << "\ndev -> test: retention "
+                << apps::fixed(current_numbers->retention.value_or(0), 4) << " -> "
+                << apps::fixed(on_test.retention.value_or(0), 4) << " (target " << a.target
+                << (on_test.retention && *on_test.retention >= a.target - 1e-12 ? ", kept"
+                                                                                : ", MISSED")
+                << "), expected reduction " << apps::percent_or_na(current_numbers->expected)
+                << " -> " << apps::percent_or_na(on_test.expected) << "\n";
     }
-    if (!a.json_out.empty()) apps::write_json(a.json_out, report);
+    if (cluster.root() && !a.json_out.empty()) apps::write_json(a.json_out, report);
   } catch (const mue::Error& e) {
     std::cerr << kTool << ": " << e.what() << "\n";
     return 1;

@@ -1,6 +1,7 @@
 // The decoder (spec 3.6, 1.3): the whole-sequence pass (entailment, parity) and incremental
 // decoding over the KV cache, each through the one exit loop.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
@@ -27,7 +28,8 @@ struct LayerScratch {
 
 Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens,
                              const ExitDecision& decoder_exit, std::vector<int>* decoder_layers,
-                             bool last_position_only, Arena* given) const {
+                             bool last_position_only, Arena* given,
+                             const std::vector<int64_t>* confidence_ids) const {
   if (prev_tokens.rank() != 2 || prev_tokens.dtype() != DType::kI64 ||
       prev_tokens.dim(0) != enc.batch)
     throw Error("prev_output_tokens must be int64 [" + std::to_string(enc.batch) +
@@ -105,6 +107,11 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
   stack.on_exit = [&](int, const ExitGroup& g, const float* rows) {
     std::memcpy(final_h + g.id * sample, rows, sample * sizeof(float));
   };
+  stack.confidence = [&](int, const ExitGroup& g, const float* rows) {
+    // The position the task reads: the sample's last valid one.
+    return answer_confidence(rows + (g.valid_rows - 1) * d, 1, confidence_ids,
+                             decoder_exit.confidence_measure(), arena);
+  };
   std::vector<int64_t> valid;
   for (const ExitGroup& g : groups) valid.push_back(g.valid_rows);
   std::vector<int> used = run_with_exits(stack, std::move(groups), x, y, decoder_exit);
@@ -124,6 +131,53 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
   Tensor logits = Tensor::empty({batch, t, v});
   output_projection_.forward(final_h, logits.data<float>(), batch * t);
   return logits;
+}
+
+double OfaModel::answer_confidence(const float* states, int64_t n, const std::vector<int64_t>* ids,
+                                   ConfidenceMeasure measure, Arena& arena) const {
+  const int64_t d = config_.d_model;
+  const int64_t k = ids ? static_cast<int64_t>(ids->size()) : config_.vocab_size;
+  if (k < 1) throw Error("answer confidence: no candidate tokens");
+  float* normed = arena.floats(static_cast<size_t>(n * d));
+  dec_layer_norm_.forward(states, normed, n);
+  float* logits = arena.floats(static_cast<size_t>(n * k));
+  if (ids) {
+    // A few answer rows of the tied projection: dot products, not the vocabulary GEMM.
+    const float* table = embed_tokens_.data<float>();
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t i = 0; i < k; ++i) {
+        int64_t id = (*ids)[static_cast<size_t>(i)];
+        if (id < 0 || id >= config_.vocab_size)
+          throw Error("answer confidence: token id " + std::to_string(id) + " is outside 0.." +
+                      std::to_string(config_.vocab_size - 1));
+        const float* e = table + id * d;
+        const float* h = normed + r * d;
+        double dot = 0;
+        for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(h[c]) * e[c];
+        logits[r * k + i] = static_cast<float>(dot);
+      }
+  } else {
+    output_projection_.forward(normed, logits, n);
+  }
+  double least = 1.0;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* z = logits + r * k;
+    // Softmax in double: top1 = 1 / sum exp(z - max), top2 likewise.
+    int64_t best = 0;
+    for (int64_t i = 1; i < k; ++i)
+      if (z[i] > z[best]) best = i;
+    double sum = 0, second = -INFINITY;
+    for (int64_t i = 0; i < k; ++i) {
+      sum += std::exp(static_cast<double>(z[i]) - z[best]);
+      if (i != best) second = std::max(second, static_cast<double>(z[i]));
+    }
+    double p1 = 1.0 / sum;
+    double value = p1;
+    if (measure == ConfidenceMeasure::kMargin)
+      value = p1 - (k > 1 ? std::exp(second - z[best]) / sum : 0.0);
+    least = std::min(least, value);
+  }
+  return least;
 }
 
 DecoderState OfaModel::start_decoding(const EncoderOutput& enc, int64_t beams,
@@ -255,6 +309,9 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
         st.self.append(lj, first_row, g.rows, kn, vn, d);
       }
     }
+  };
+  stack.confidence = [&](int, const ExitGroup& g, const float* rows) {
+    return answer_confidence(rows, g.rows, nullptr, exit.confidence_measure(), arena);
   };
   std::vector<int> used = run_with_exits(stack, std::move(groups), x, y, exit);
   if (group_layers) *group_layers = std::move(used);

@@ -31,12 +31,16 @@ std::vector<int> run_with_exits(const LayerStack& stack, std::vector<ExitGroup> 
     if (!last && decide)
       for (size_t i = 0; i < active.size(); ++i) {
         const ExitGroup& g = active[i];
-        // One cosine over the group's whole unpadded tensor (spec 1.2.4, 1.3).
-        double cosine = decide.needs_cosine() ? kernels::cosine_similarity(out + g.offset * width,
-                                                                           in + g.offset * width,
-                                                                           g.valid_rows * width)
-                                              : std::nan("");
-        stop[i] = decide(layer, g.id, cosine);
+        const float* g_out = out + g.offset * width;
+        const float* g_in = in + g.offset * width;
+        // One cosine over the group's whole unpadded tensor (spec 1.2.4, 1.3); both signals are
+        // computed only if the rule reads them.
+        ExitSignals signals(
+            [&] { return kernels::cosine_similarity(g_out, g_in, g.valid_rows * width); },
+            stack.confidence
+                ? ExitSignals::Source([&] { return stack.confidence(layer, g, g_out); })
+                : ExitSignals::Source());
+        stop[i] = decide(layer, g.id, signals);
       }
     // Exited groups leave; the rest close ranks in `out` (offsets only move down, so memmove in
     // place is safe), which becomes the next layer's input.

@@ -31,6 +31,9 @@ struct LayerStack {
       run_layer;
   // A group stops after `layer`: its output rows (valid until the loop's next layer).
   std::function<void(int layer, const ExitGroup& group, const float* rows)> on_exit;
+  // Optional (the decoder's): the answer's confidence of a group after `layer` from its output
+  // rows, for rules that read it; asked only when a rule does.
+  std::function<double(int layer, const ExitGroup& group, const float* rows)> confidence;
 };
 
 // Runs `stack` over `groups`, whose rows lie compacted in `x` (offsets in order); `y` is

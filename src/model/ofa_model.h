@@ -102,14 +102,17 @@ class OfaModel {
   // Whole-sequence decoder (causal): prev_tokens [B, T] right-padded -> logits [B, T, V].
   // `decoder_exit` decides per sample over its valid positions; `decoder_layers` (optional)
   // receives the layers each sample used. With `last_position_only`, returns [B, V]: the logits
-  // at each sample's last valid position.
+  // at each sample's last valid position. A confidence rule reads each sample's last valid
+  // position, over `confidence_ids` (e.g. entailment's three answers; null: the vocabulary).
   Tensor decode_full(const EncoderOutput& enc, const Tensor& prev_tokens,
                      const ExitDecision& decoder_exit = {},
                      std::vector<int>* decoder_layers = nullptr, bool last_position_only = false,
-                     Arena* arena = nullptr) const;
+                     Arena* arena = nullptr,
+                     const std::vector<int64_t>* confidence_ids = nullptr) const;
 
   // Incremental decoding: start with `beams` rows per sample, then one token per row per step
-  // -> logits [rows, V]. The decision is asked per group (a sample's beams); `group_layers`
+  // -> logits [rows, V]. The decision is asked per group (a sample's beams; a confidence rule
+  // reads the least confident beam, over the vocabulary); `group_layers`
   // (optional) receives the layers each group used.
   DecoderState start_decoding(const EncoderOutput& enc, int64_t beams, int64_t max_len) const;
   Tensor decode_step(DecoderState& state, const std::vector<int64_t>& tokens,
@@ -117,6 +120,11 @@ class OfaModel {
                      SkippedLayerCache skipped = SkippedLayerCache::kPropagate,
                      std::vector<int>* group_layers = nullptr, Arena* arena = nullptr) const;
   int num_decoder_layers() const { return static_cast<int>(dec_layers_.size()); }
+  // The answer's confidence of `n` decoder states [n, D] taken after an intermediate layer:
+  // each through the final LayerNorm and the output projection (only `ids`' rows where given,
+  // else the whole vocabulary), softmax, then `measure`; the smallest over the n rows.
+  double answer_confidence(const float* states, int64_t n, const std::vector<int64_t>* ids,
+                           ConfidenceMeasure measure, Arena& arena) const;
   int num_encoder_layers() const { return static_cast<int>(enc_layers_.size()); }
 
  private:

@@ -85,9 +85,10 @@ class ImageEncodingCache {
     std::array<uint64_t, 2> content;
     double threshold;
     int fixed_depth;
+    std::vector<double> thresholds;  // per layer (empty: `threshold` for all)
     bool operator<(const Key& o) const {
-      return std::tie(content, threshold, fixed_depth) <
-             std::tie(o.content, o.threshold, o.fixed_depth);
+      return std::tie(content, threshold, fixed_depth, thresholds) <
+             std::tie(o.content, o.threshold, o.fixed_depth, o.thresholds);
     }
   };
   explicit ImageEncodingCache(size_t capacity) : capacity_(capacity) {}
@@ -328,6 +329,7 @@ void Engine::Impl::check_policy(const ExitPolicy& policy) const {
     if (depth > layers)
       throw Error("exit policy: " + std::string(name) + " = " + std::to_string(depth) +
                   " exceeds the model's " + std::to_string(layers) + " " + stack + " layers");
+  ExitController(policy).check_layers(c.encoder_layers, c.decoder_layers);
 }
 
 Engine::Impl::Call Engine::Impl::resolve(const CallOptions& call) const {
@@ -459,7 +461,7 @@ Engine::Impl::EncodedBatch Engine::Impl::encode_batch(
   std::map<std::array<uint64_t, 2>, size_t> first_slot;
   auto key_of = [&](const PreparedImage& image) {
     return ImageEncodingCache::Key{image.content_key, policy.exit_threshold_image,
-                                   policy.fixed_depth_image};
+                                   policy.fixed_depth_image, policy.exit_thresholds_image};
   };
   for (size_t i = 0; i < images.size(); ++i) {
     if (auto hit = cache->find(key_of(*images[i]))) {
@@ -576,9 +578,11 @@ std::vector<EntailmentResult> Engine::Impl::entail_batch(
   ExitController ctl(call.policy);
   Stopwatch watch;
   std::vector<int> dec_layers;
+  // A confidence rule reads the three answers' probabilities, as the full-depth head below.
+  const std::vector<int64_t> answers(answer_ids.begin(), answer_ids.end());
   Tensor logits = model->decode_full(eb.enc, prev,
                                      ctl.decision(ExitStack::kDecoder, model->num_decoder_layers()),
-                                     &dec_layers, true, arena.get());
+                                     &dec_layers, true, arena.get(), &answers);
   double decoder_seconds = watch.lap();
 
   std::vector<EntailmentResult> out(queries.size());

@@ -1,16 +1,19 @@
 """MuE early exits on the reference model (spec 1.2-1.5, 2.1, 2.2), batched.
 
-- `ExitPolicy`: thresholds, the decoder's schedule, fixed depths and the skipped-layer cache mode,
-  with the same JSON fields as the engine's `mue::ExitPolicy::to_json`.
+- `ExitPolicy`: thresholds (per stack, or per layer), the decoder's rule (`cosine`, MuE's, or
+  `confidence`: the answer's softmax confidence at the layer through the final LayerNorm and the
+  output projection, measured as the top-1 probability or the top-1 minus top-2 margin), the
+  decoder's schedule, fixed depths and the skipped-layer cache mode, with the same JSON fields as
+  the engine's `mue::ExitPolicy::to_json`.
 - `encode`: the encoder with per-sample exits (one cosine per sample and stream).
 - `score_ve`: visual entailment's single decoder pass over `prev_output_tokens` with per-sample
   exits; logits at each sample's last valid position.
 - `beam_search`: fairseq-style beam search (greedy = beam 1) with one decoder exit decision per
   sample per step over all of its beams' rows.
 
-Every exit test compares a float64 cosine of float32 states with a threshold, strictly (`cos >
-threshold`); a threshold of 1.0 never exits. `Margins` collects how far each tested cosine was
-from its threshold and how close the beam candidates came to each other, so that fixtures can
+Every exit test compares a float64 signal (cosine or confidence) of float32 states with a
+threshold, strictly (`signal > threshold`); a threshold of 1.0 never exits. `Margins` collects how
+far each tested signal was from its threshold and how close the beam candidates came to each other, so that fixtures can
 stay clear of decisions that float32 differences between implementations could flip.
 """
 
@@ -28,6 +31,8 @@ from .encoder import EncoderOutput
 from .model import OFAModel
 
 DECODER_SCHEDULES = ("static", "decaying", "calm")
+DECODER_RULES = ("cosine", "confidence")
+CONFIDENCE_MEASURES = ("top1", "margin")
 STACKS = ("image", "text", "decoder")
 
 
@@ -36,6 +41,14 @@ class ExitPolicy:
     exit_threshold_image: float = 1.0
     exit_threshold_text: float = 1.0
     exit_threshold_decoder: float = 1.0
+    # Per layer (after layer l = 0..layers-2); non-empty replaces the stack's single threshold.
+    exit_thresholds_image: List[float] = field(default_factory=list)
+    exit_thresholds_text: List[float] = field(default_factory=list)
+    exit_thresholds_decoder: List[float] = field(default_factory=list)
+    decoder_rule: str = "cosine"
+    confidence_threshold: float = 1.0
+    confidence_thresholds: List[float] = field(default_factory=list)
+    confidence_measure: str = "top1"
     decoder_schedule: str = "static"
     calm_beta: float = 0.9
     calm_tau: float = 1.0
@@ -48,6 +61,20 @@ class ExitPolicy:
         self.validate()
 
     def validate(self) -> None:
+        for name in ("exit_thresholds_image", "exit_thresholds_text", "exit_thresholds_decoder",
+                     "confidence_thresholds"):
+            for i, value in enumerate(getattr(self, name)):
+                if not 0.0 < value <= 1.0:
+                    raise ValueError(f"exit policy: {name}[{i}] (after layer {i + 1}) = {value} "
+                                     f"is outside (0, 1]")
+        if not 0.0 < self.confidence_threshold <= 1.0:
+            raise ValueError(f"exit policy: confidence_threshold = {self.confidence_threshold} "
+                             f"is outside (0, 1]")
+        if self.decoder_rule not in DECODER_RULES:
+            raise ValueError(f"exit policy: decoder_rule must be one of {DECODER_RULES}")
+        if self.confidence_measure not in CONFIDENCE_MEASURES:
+            raise ValueError(f"exit policy: confidence_measure must be one of "
+                             f"{CONFIDENCE_MEASURES}")
         for stack in STACKS:
             value = getattr(self, f"exit_threshold_{stack}")
             if not 0.0 < value <= 1.0:
@@ -77,11 +104,28 @@ class ExitPolicy:
             raise ValueError(f"exit policy: unknown fields {sorted(unknown)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def threshold(self, stack: str, step: int = 0, max_len: int = 0) -> float:
-        """The similarity threshold of `stack` ("image", "text", "decoder"); the decoder's
-        follows its schedule at generation step `step` of at most `max_len` (spec 1.4)."""
-        theta = getattr(self, f"exit_threshold_{stack}")
-        if stack != "decoder" or self.decoder_schedule == "static":
+    def reads_confidence(self, stack: str) -> bool:
+        return stack == "decoder" and self.decoder_rule == "confidence"
+
+    def base_threshold(self, stack: str, layer: int, num_layers: int) -> float:
+        """The unscheduled threshold after layer `layer` (0-based): the per-layer value where
+        given (it must have num_layers - 1 entries), else the stack's single one."""
+        if self.reads_confidence(stack):
+            name, single = "confidence_thresholds", self.confidence_threshold
+        else:
+            name, single = f"exit_thresholds_{stack}", getattr(self, f"exit_threshold_{stack}")
+        values = getattr(self, name)
+        if not values:
+            return single
+        if len(values) != num_layers - 1:
+            raise ValueError(f"exit policy: {name} has {len(values)} values; the {stack} stack "
+                             f"has {num_layers} layers, so it needs {num_layers - 1}")
+        return values[layer] if layer < len(values) else 1.0
+
+    def scheduled(self, theta: float, step: int = 0, max_len: int = 0) -> float:
+        """The decoder threshold theta at generation step `step` of at most `max_len` under the
+        schedule (spec 1.4); the confidence rule's thresholds follow it too."""
+        if self.decoder_schedule == "static":
             return theta
         if self.decoder_schedule == "decaying":
             # Released MuE code: the first third of the steps never exits.
@@ -93,26 +137,51 @@ class ExitPolicy:
         value = beta * theta + (1.0 - beta) * decay
         return min(max(value, 0.0), 1.0)
 
+    def threshold(self, stack: str, step: int = 0, max_len: int = 0, layer: int = 0,
+                  num_layers: int = 0) -> float:
+        """The threshold of `stack` ("image", "text", "decoder") after `layer`; the decoder's
+        follows its schedule at generation step `step` of at most `max_len` (spec 1.4). A base
+        of 1.0 turns the exit off whatever the schedule would make of it."""
+        theta = self.base_threshold(stack, layer, num_layers)
+        if theta >= 1.0:
+            return 1.0
+        return self.scheduled(theta, step, max_len) if stack == "decoder" else theta
+
     def fixed_depth(self, stack: str) -> int:
         return getattr(self, f"fixed_depth_{stack}")
 
-    def exits(self, stack: str, layer: int, num_layers: int, cosine: Tensor, step: int = 0,
+    def exits(self, stack: str, layer: int, num_layers: int, signal: Tensor, step: int = 0,
               max_len: int = 0, margins: Optional["Margins"] = None, where: str = "") -> Tensor:
-        """Stop after layer `layer` (0-based)? One decision per entry of cosine [N] (float64).
-        The last layer always stops; a fixed depth k stops at layer k - 1 (or the last)."""
+        """Stop after layer `layer` (0-based)? One decision per entry of signal [N] (float64:
+        the cosine, or the decoder's confidence under the `confidence` rule). The last layer
+        always stops; a fixed depth k stops at layer k - 1 (or the last)."""
         if layer + 1 >= num_layers:
-            return torch.ones_like(cosine, dtype=torch.bool)
+            return torch.ones_like(signal, dtype=torch.bool)
         fixed = self.fixed_depth(stack)
         if fixed > 0:
-            return torch.full_like(cosine, layer + 1 >= fixed, dtype=torch.bool)
-        threshold = self.threshold(stack, step, max_len)
-        # 1.0 never exits, even if rounding lifts a cosine past 1; a base threshold of 1.0 turns
-        # the stack's exits off whatever the schedule would make of it.
-        if threshold >= 1.0 or getattr(self, f"exit_threshold_{stack}") >= 1.0:
-            return torch.zeros_like(cosine, dtype=torch.bool)
+            return torch.full_like(signal, layer + 1 >= fixed, dtype=torch.bool)
+        threshold = self.threshold(stack, step, max_len, layer, num_layers)
+        # 1.0 never exits, even if rounding lifts a cosine past 1.
+        if threshold >= 1.0:
+            return torch.zeros_like(signal, dtype=torch.bool)
         if margins is not None:
-            margins.cosine(where, layer, cosine, threshold)
-        return cosine > threshold
+            margins.cosine(where, layer, signal, threshold)
+        return signal > threshold
+
+
+def answer_confidence(model: OFAModel, states: Tensor, measure: str,
+                      ids: Optional[Sequence[int]] = None) -> Tensor:
+    """The confidence [N] (float64) of decoder states [N, D] taken after an intermediate layer:
+    decoder.layer_norm, the output projection (only `ids`' columns where given, else the whole
+    vocabulary), softmax in float64, then the top-1 probability or the top-1 minus top-2 margin."""
+    logits = model.decoder.logits(model.decoder.layer_norm(states))
+    if ids is not None:
+        logits = logits[:, list(ids)]
+    probs = torch.softmax(logits.double(), dim=-1)
+    top = probs.topk(min(2, probs.shape[-1]), dim=-1).values
+    if measure == "top1" or top.shape[-1] < 2:
+        return top[:, 0]
+    return top[:, 0] - top[:, 1]
 
 
 @dataclass
@@ -202,7 +271,8 @@ def exit_layers(encoder_out: EncoderOutput) -> Dict[str, Tensor]:
 
 
 def score_ve(model: OFAModel, encoder_out: EncoderOutput, prev_output_tokens: Tensor,
-             policy: ExitPolicy, margins: Optional[Margins] = None):
+             policy: ExitPolicy, margins: Optional[Margins] = None,
+             confidence_ids: Optional[Sequence[int]] = None):
     """Visual entailment's decoder pass (spec 2.1): the whole right-padded prev_output_tokens
     [B, T] under the causal mask, each sample exiting on the cosine over its valid (non-pad)
     positions. The threshold is exit_threshold_decoder whatever the schedule: the schedule is
@@ -213,14 +283,20 @@ def score_ve(model: OFAModel, encoder_out: EncoderOutput, prev_output_tokens: Te
     valid = prev_output_tokens.ne(model.config["pad_id"])
     exited: Dict[str, Tensor] = {}
 
+    last = valid.sum(1) - 1
+    rows = torch.arange(prev_output_tokens.shape[0])
+
     def after_layer(idx: int, x: Tensor, y: Tensor) -> Tensor:
-        return decide(policy, "decoder", idx, num_layers, flat_cosine(y, x, valid), exited,
-                      "ve", margins, where="ve")
+        if policy.reads_confidence("decoder"):
+            signal = answer_confidence(model, y[rows, last], policy.confidence_measure,
+                                       confidence_ids)
+        else:
+            signal = flat_cosine(y, x, valid)
+        return decide(policy, "decoder", idx, num_layers, signal, exited, "ve", margins,
+                      where="ve")
 
     used: List[Tensor] = []
     features = model.decoder(prev_output_tokens, encoder_out, after_layer, layers_used=used)
-    last = valid.sum(1) - 1
-    rows = torch.arange(prev_output_tokens.shape[0])
     return model.decoder.logits(features[rows, last]), used[0]
 
 
@@ -265,7 +341,8 @@ def beam_search(model: OFAModel, encoder_out: EncoderOutput, options: Generation
     taken; an EOS among the first `beam` of them finishes a hypothesis with score / (step +
     1) ** length_penalty; a sample is done with `beam` finished hypotheses or at step ==
     max_len; otherwise its next beams are the first `beam` non-EOS candidates. One exit
-    decision per sample per step, on the cosine over all its beams' rows.
+    decision per sample per step, on the cosine over all its beams' rows (the confidence rule:
+    the least confident beam's confidence over the vocabulary).
     """
     config = model.config
     bos, eos, pad = config["bos_id"], config["eos_id"], config["pad_id"]
@@ -291,8 +368,13 @@ def beam_search(model: OFAModel, encoder_out: EncoderOutput, options: Generation
     def after_layer(idx: int, x: Tensor, y: Tensor) -> Tensor:
         step = step_holder["step"]
         groups = x.shape[0] // beam
-        cosine = flat_cosine(y.reshape(groups, beam, -1), x.reshape(groups, beam, -1))
-        stop = decide(policy, "decoder", idx, num_layers, cosine, exited, f"step {step}",
+        if policy.reads_confidence("decoder"):
+            confidence = answer_confidence(model, y.reshape(groups * beam, -1),
+                                           policy.confidence_measure)
+            signal = confidence.reshape(groups, beam).min(dim=1).values
+        else:
+            signal = flat_cosine(y.reshape(groups, beam, -1), x.reshape(groups, beam, -1))
+        stop = decide(policy, "decoder", idx, num_layers, signal, exited, f"step {step}",
                       margins, f"step {step}", step, max_len)
         return stop.repeat_interleave(beam)
 

@@ -26,6 +26,15 @@ json fields_of(const ExitSettingKey& key, const std::string& value, const std::s
       return {{key.key, parse_count(label, value, 0)}};
     case Kind::kName:
       return {{key.key, value}};
+    case Kind::kNumbers: {
+      // One per layer before the last; '/' everywhere, ',' too on the command line; "none"
+      // clears the list (the single threshold applies again).
+      json list = json::array();
+      if (value == "none") return {{key.key, list}};
+      for (const std::string& part : split(value, value.find('/') != std::string::npos ? '/' : ','))
+        list.push_back(parse_double(label, part));
+      return {{key.key, list}};
+    }
     case Kind::kThreeDepths: {
       // '/' works everywhere; ',' where commas do not separate settings (the CLI flag).
       std::vector<std::string> parts =
@@ -62,6 +71,20 @@ const std::vector<ExitSettingKey>& exit_setting_keys() {
        "the same for the text stream"},
       {"exit_threshold_decoder", "decoder", "--decoder-threshold", Kind::kNumber, "X",
        "the same for the decoder"},
+      {"exit_thresholds_image", "image_layers", "--image-thresholds", Kind::kNumbers, "X/X/..",
+       "per-layer image thresholds, one per layer before the last (none = off)"},
+      {"exit_thresholds_text", "text_layers", "--text-thresholds", Kind::kNumbers, "X/X/..",
+       "the same for the text stream"},
+      {"exit_thresholds_decoder", "decoder_layers", "--decoder-thresholds", Kind::kNumbers,
+       "X/X/..", "the same for the decoder's cosine"},
+      {"decoder_rule", "rule", "--decoder-rule", Kind::kName, "NAME",
+       "the decoder's exit test: cosine (MuE) | confidence (the answer's softmax)"},
+      {"confidence_threshold", "confidence", "--confidence-threshold", Kind::kNumber, "X",
+       "rule confidence: exit when the answer's confidence > X; X in (0, 1]"},
+      {"confidence_thresholds", "confidence_layers", "--confidence-thresholds", Kind::kNumbers,
+       "X/X/..", "per-layer confidence thresholds (none = off)"},
+      {"confidence_measure", "measure", "--confidence-measure", Kind::kName, "NAME",
+       "top1 (largest probability) | margin (top-1 minus top-2, CALM's)"},
       {"decoder_schedule", "schedule", "--schedule", Kind::kName, "NAME",
        "decoder threshold schedule: static | decaying | calm"},
       {"calm_beta", "beta", "--calm-beta", Kind::kNumber, "X",

@@ -8,6 +8,13 @@
 //   exit_threshold_image    image     --image-threshold      X in (0, 1]; 1 never exits
 //   exit_threshold_text     text      --text-threshold       X in (0, 1]
 //   exit_threshold_decoder  decoder   --decoder-threshold    X in (0, 1]
+//   exit_thresholds_image   image_layers       --image-thresholds     X/X/.. per layer but the last
+//   exit_thresholds_text    text_layers        --text-thresholds      X/X/..; none = off
+//   exit_thresholds_decoder decoder_layers     --decoder-thresholds   X/X/..
+//   decoder_rule            rule               --decoder-rule         cosine | confidence
+//   confidence_threshold    confidence         --confidence-threshold X in (0, 1]
+//   confidence_thresholds   confidence_layers  --confidence-thresholds X/X/..
+//   confidence_measure      measure            --confidence-measure   top1 | margin
 //   decoder_schedule        schedule  --schedule             static | decaying | calm
 //   calm_beta               beta      --calm-beta            X in [0, 1]
 //   calm_tau                tau       --calm-tau             X > 0
@@ -31,7 +38,7 @@
 namespace mue::apps {
 
 struct ExitSettingKey {
-  enum class Kind { kNumber, kDepth, kThreeDepths, kName };
+  enum class Kind { kNumber, kDepth, kThreeDepths, kName, kNumbers };
   const char* key;    // canonical: the policy JSON field (fixed_depth: all three depths)
   const char* alias;  // the short form in specs, or "" for none
   const char* flag;   // the command-line flag

@@ -9,6 +9,8 @@
 #include <map>
 #include <memory>
 
+#include "apps/common/shards.h"
+
 namespace mue::apps {
 
 namespace {
@@ -90,6 +92,20 @@ RunResult run_settings(const Engine& engine, const BenchDump& dump,
     chunks.back().insert(chunks.back().end(), g.begin(), g.end());
   }
 
+  // The engine each setting runs on: the main one, or the one of its compute type.
+  std::vector<const Engine*> engine_of;
+  for (const Setting& s : settings) {
+    ComputeType type = resolve_compute_type(s.compute_type.value_or(engine.compute_type()));
+    auto it = options.engines.find(type);
+    if (type != engine.compute_type() && it == options.engines.end())
+      throw Error("setting " + s.name + " asks for compute type " + compute_type_name(type) +
+                  ", and no engine of that type was loaded");
+    engine_of.push_back(type == engine.compute_type() ? &engine : it->second);
+  }
+  auto clear_image_caches = [&] {
+    engine.clear_image_cache();
+    for (const auto& [type, e] : options.engines) e->clear_image_cache();
+  };
   for (const Setting& s : settings) {  // every setting must fit the model before any time is spent
     try {
       engine.check_exit_policy(s.policy);
@@ -100,6 +116,7 @@ RunResult run_settings(const Engine& engine, const BenchDump& dump,
   Progress progress(options.progress, options.label, n * settings.size());
   bool warmed_up = !options.warmup;
   for (size_t c = 0; c < chunks.size(); ++c) {
+    if (!rank_runs_chunk(c)) continue;  // another MPI rank runs it (apps/common/shards.h)
     // Prepare the chunk's images once; a sample whose image or text fails is bad for all.
     std::map<fs::path, std::shared_ptr<PreparedImage>> images;
     std::map<fs::path, std::string> image_error;
@@ -140,8 +157,8 @@ RunResult run_settings(const Engine& engine, const BenchDump& dump,
           runnable.begin() + static_cast<long>(std::min(runnable.size(), k + options.batch_size)));
 
     // Runs one batch under `policy`, recording its outcomes in `record` (if any).
-    auto run_batch = [&](const std::vector<size_t>& batch, const ExitPolicy& policy,
-                         SettingRun* record) {
+    auto run_batch = [&](const Engine& target, const std::vector<size_t>& batch,
+                         const ExitPolicy& policy, SettingRun* record) {
       CallOptions call = options.call;
       call.exit_policy = policy;
       std::vector<Outcome> out(batch.size());
@@ -152,7 +169,7 @@ RunResult run_settings(const Engine& engine, const BenchDump& dump,
           const Sample& s = dump.samples[i];
           queries.push_back({images.at(s.image).get(), s.premise, s.hypothesis});
         }
-        std::vector<EntailmentResult> r = engine.entail(queries, call);
+        std::vector<EntailmentResult> r = target.entail(queries, call);
         double seconds = since(t);
         for (size_t k = 0; k < batch.size(); ++k) {
           out[k].prediction = r[k].label_name();
@@ -164,7 +181,7 @@ RunResult run_settings(const Engine& engine, const BenchDump& dump,
       } else {
         std::vector<const PreparedImage*> list;
         for (size_t i : batch) list.push_back(images.at(dump.samples[i].image).get());
-        std::vector<CaptionResult> r = engine.caption(list, call);
+        std::vector<CaptionResult> r = target.caption(list, call);
         double seconds = since(t);
         for (size_t k = 0; k < batch.size(); ++k) {
           out[k].prediction = r[k].caption;
@@ -178,29 +195,32 @@ RunResult run_settings(const Engine& engine, const BenchDump& dump,
     };
 
     if (!warmed_up) {  // oneDNN builds its primitives on first use: one untimed batch each
-      for (const Setting& s : settings) {
-        engine.clear_image_cache();
-        run_batch(batches.front(), s.policy, nullptr);
+      for (size_t k = 0; k < settings.size(); ++k) {
+        clear_image_caches();
+        run_batch(*engine_of[k], batches.front(), settings[k].policy, nullptr);
       }
       warmed_up = true;
     }
     for (size_t k = 0; k < settings.size(); ++k) {
-      SettingRun& run = result.runs[(c + k) % settings.size()];
-      engine.clear_image_cache();
-      const size_t hits_before = engine.image_cache_stats().hits;
+      const size_t index = (c + k) % settings.size();
+      SettingRun& run = result.runs[index];
+      const Engine& setting_engine = *engine_of[index];
+      clear_image_caches();
+      const size_t hits_before = setting_engine.image_cache_stats().hits;
       for (const auto& batch : batches) {
-        run_batch(batch, run.setting.policy, &run);
+        run_batch(setting_engine, batch, run.setting.policy, &run);
         progress.advance(batch.size());
       }
-      run.cache_hits += engine.image_cache_stats().hits - hits_before;
+      run.cache_hits += setting_engine.image_cache_stats().hits - hits_before;
     }
     for (size_t i : runnable) result.scored[i] = true;
     result.distinct_images += images.size();
   }
-  engine.clear_image_cache();
+  clear_image_caches();
   std::sort(result.bad.begin(), result.bad.end(),
             [](const BadSample& a, const BadSample& b) { return a.line < b.line; });
   result.run_seconds = since(loop_start);
+  merge_shards(result);
   return result;
 }
 

@@ -1,4 +1,5 @@
-// Running exit settings on a dump, interleaved, on one engine (mue-bench, mue-calibrate).
+// Running exit settings on a dump, interleaved, on one engine or one per compute type (mue-bench,
+// mue-calibrate).
 //
 // Timing. A sample's wall clock is the time of the engine call that served its batch
 // (Engine::caption or Engine::entail, timed with a steady clock) divided by the batch size.
@@ -7,6 +8,7 @@
 #pragma once
 
 #include <array>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -40,6 +42,9 @@ struct RunOptions {
   // Per-call options every setting shares (the generation settings); each setting brings its
   // own exit policy.
   CallOptions call;
+  // The engines of settings with a compute type (Setting::compute_type, `auto` resolved) other
+  // than the main engine's; images are prepared by the main engine and shared.
+  std::map<ComputeType, const Engine*> engines;
 };
 
 struct RunResult {
