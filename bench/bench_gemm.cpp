@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "apps/common/machine.h"
 #include "kernels/kernels.h"
 #include "mue/runtime.h"
 
@@ -233,6 +234,11 @@ int main(int argc, char** argv) {
       clock.mhz, clock.source, cpuinfo_mhz(), kFlopPerCycle, peak_flops(1) * 1e-9, all_threads());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  {  // the machine block (apps/common/machine.h) in the JSON context and on stdout
+    const nlohmann::json machine = mue::apps::machine_block(mue::num_threads());
+    benchmark::AddCustomContext("mue_machine", machine.dump());
+    std::printf("machine: %s\n", mue::apps::machine_line(machine).c_str());
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

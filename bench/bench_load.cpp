@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/common/machine.h"
 #include "mue/mue.h"
 #include "mue/runtime.h"
 
@@ -134,6 +135,8 @@ int main(int argc, char** argv) {
     latency_options.threads = a.threads;  // 0: the engine's default for this model
     auto engine = mue::Engine::load(a.model, latency_options);
     const int threads = engine->threads_per_call();
+    std::printf("machine: %s\n",
+                mue::apps::machine_line(mue::apps::machine_block(threads)).c_str());
     std::vector<mue::PreparedImage> images;
     for (const auto& entry : fs::directory_iterator(a.images)) {
       std::string ext = entry.path().extension().string();
@@ -212,7 +215,7 @@ int main(int argc, char** argv) {
                   percentile(v, 0.5) / base);
 
     if (!a.json.empty()) {
-      nlohmann::json j = {{"machine", machine.to_json()},
+      nlohmann::json j = {{"machine", mue::apps::machine_block(threads)},
                           {"model", a.model},
                           {"task", a.task},
                           {"threads", threads},

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/common/machine.h"
 #include "layers/resnet.h"
 #include "layers/transformer.h"
 #include "model/ofa_model.h"
@@ -254,6 +255,11 @@ BENCHMARK(BM_CaptionPaperDepths)->Unit(benchmark::kMillisecond)->UseRealTime()->
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  {  // the machine block (apps/common/machine.h) in the JSON context and on stdout
+    const nlohmann::json machine = mue::apps::machine_block(mue::num_threads());
+    benchmark::AddCustomContext("mue_machine", machine.dump());
+    std::printf("machine: %s\n", mue::apps::machine_line(machine).c_str());
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   // Issue 3's table: layer-count and wall-clock reductions side by side.

@@ -74,6 +74,23 @@ calibrate --grid "$grid" --objective expected --dev-dump "$d/ve-dev" --test-dump
 calibrate --grid "$grid" --objective expected --dev-dump "$d/cap-dev" --test-dump "$d/cap-test" --target 0.96 \
   --out "$out/cap-policy-96.json" --json "$out/cap-calibrate-96.json" | tee "$out/cap-calibrate-96.txt"
 
+# 3b. The answer-confidence rule (issue 21), searched jointly with the encoder streams' thresholds,
+#     per decoder layer, with a 0.5-point dev margin: the shipped exit_policy.{entail,caption}.json
+#     come from these (models/mue-scenes-small/README.md, "Exit rules"); the cosine policies of
+#     step 3 are kept beside them as exit_policy.{entail,caption}.cosine.json.
+calibrate --dev-dump "$d/ve-dev" --test-dump "$d/ve-test" --target 0.99 --image-grid 0.1,1 \
+  --text-grid 0.1,1 --decoder-grid 0.8,0.9,0.95,0.99,1 --rules cosine,confidence \
+  --confidence-grid 0.6,0.8,0.9,0.95,0.98,0.99,0.995,1 --per-layer decoder --margin 0.005 \
+  --objective expected --rounds 1 --out "$out/ve-conf99.json" | tee "$out/ve-conf99.txt"
+calibrate --dev-dump "$d/ve-dev" --test-dump "$d/ve-test" --target 0.99 --start "$out/ve-conf99.json" \
+  --stacks decoder --rules confidence --confidence-grid 0.55,0.65,0.7,0.75,0.85 \
+  --per-layer decoder --margin 0.005 --objective expected --rounds 1 \
+  --out "$out/ve-conf99b.json" --json "$out/ve-conf99b-calibrate.json" | tee "$out/ve-conf99b.txt"
+calibrate --dev-dump "$d/cap-dev" --test-dump "$d/cap-test" --target 0.96 --image-grid 0.1,1 \
+  --text-grid 0.1,1 --rules confidence --confidence-grid 0.2,0.25,0.3,0.35,0.4,0.5,0.7,1 \
+  --per-layer decoder --margin 0.005 --objective expected --rounds 1 \
+  --out "$out/cap-conf96.json" --json "$out/cap-conf96-calibrate.json" | tee "$out/cap-conf96.txt"
+
 # 4. The calibrated policies once more on the test dumps with per-sample exits: do exits follow
 #    difficulty (object count, hypothesis template, occluders, clutter)?
 bench --dump "$d/ve-test" --setting "calibrated=$out/ve-policy-99.json" --per-sample \
@@ -83,6 +100,24 @@ bench --dump "$d/cap-test" --setting "calibrated=$out/cap-policy-96.json" --per-
 $py "$root/tools/exit_analysis.py" "$out/ve-calibrated.json" | tee "$out/ve-exits.md"
 $py "$root/tools/exit_analysis.py" "$out/cap-calibrated.json" --by num_objects,num_occluders,clutter |
   tee "$out/cap-exits.md"
+
+# 4b. Quality under each compute type (issue 17): full depth and the shipped calibrated policies
+#     in f32, bf16 and int8, interleaved in one run per task, and what changed against f32
+#     (bench/compare_quality.py). bf16 needs AVX-512 (mue info says whether oneDNN runs it here).
+types=(int8)
+[ -x "$build/mue" ] && "$build/mue" info --model "$model" --compute-type bf16 >/dev/null 2>&1 &&
+  types=(bf16 int8)
+for t in ve:entail cap:caption; do
+  dump="${t%%:*}" policy="$model/exit_policy.${t##*:}.json"
+  typed=(--setting "calibrated=$policy")
+  for c in "${types[@]}"; do
+    typed+=(--setting "$c=compute:$c" --setting "calibrated_$c=$policy,compute:$c")
+  done
+  bench --dump "$d/$dump-test" "${typed[@]}" --per-sample --json "$out/$dump-types.json" |
+    tee "$out/$dump-types.txt"
+done
+$py "$root/bench/compare_quality.py" "$out/ve-types.json" "$out/cap-types.json" |
+  tee "$out/compute-types.txt"
 
 # 5. The similarity curves behind the thresholds (PyTorch reference).
 $py "$root/tools/similarity_curves.py" --model "$model" --ve-dump "$d/ve-test" \
