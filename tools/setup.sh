@@ -9,7 +9,7 @@ packages=(
   python3 python3-numpy python3-torch python3-pil python3-matplotlib libopenblas0-pthread
   dataset-fashion-mnist  # the default model's scenes (training, held-out dumps)
   clang libclang-rt-14-dev libomp-dev  # tools/fuzz.sh: libFuzzer and clang's OpenMP
-  pybind11-dev python3-pybind11 python3-pytest  # the Python bindings and their tests
+  pybind11-dev python3-pybind11 python3-dev python3-pytest  # the Python bindings and their tests
   libcpp-httplib-dev wrk  # mue-server and its load benchmark
   libopenmpi-dev openmpi-bin  # bench runs sharded over MPI
 )

@@ -57,6 +57,29 @@ std::string short_number(double v) {
   return s.str();
 }
 
+namespace {
+
+// The default model (the three macros are set by src/apps/CMakeLists.txt for this file only):
+// a binary in the build tree uses the source tree's models/; an installed one the model
+// installed beside it, <bin>/../share/mue/models/NAME, found through /proc/self/exe so that
+// the prefix may move and an installed binary never reads the source tree.
+std::string default_model(std::string& source) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", error);
+  if (error)
+    throw Error("cannot find this binary's directory through /proc/self/exe (" + error.message() +
+                ") to find the default model (set --model or MUE_MODEL)");
+  if (fs::equivalent(exe.parent_path(), MUE_BUILD_TREE_BIN_DIR, error)) {
+    source = "the embedded default model";
+    return MUE_DEFAULT_MODEL;
+  }
+  source = "the installed default model";
+  return (exe.parent_path() / MUE_DEFAULT_MODEL_FROM_BIN).lexically_normal().string();
+}
+
+}  // namespace
+
 std::string find_model(const std::optional<std::string>& model_flag) {
   std::string dir, source;
   if (model_flag) {
@@ -64,8 +87,7 @@ std::string find_model(const std::optional<std::string>& model_flag) {
   } else if (const char* env = std::getenv("MUE_MODEL"); env && *env) {
     dir = env, source = "$MUE_MODEL";
   } else {
-    // Set by src/apps/CMakeLists.txt for this file only.
-    dir = MUE_DEFAULT_MODEL, source = "the embedded default model";
+    dir = default_model(source);
   }
   if (!std::filesystem::is_directory(dir))
     throw Error("model directory " + dir + " (from " + source +
