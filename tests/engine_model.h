@@ -54,8 +54,14 @@ inline std::filesystem::path random_engine_model(const std::string& name, const 
       return {};
     }
   }
-  for (const char* f : {"encoder.json", "vocab.bpe", "dict.txt"})
-    std::filesystem::copy_file(bpe / f, dir / f, std::filesystem::copy_options::overwrite_existing);
+  // Copied once, under the lock and by rename: other test processes may be reading them (a
+  // rewrite in place let a CLI run read a half-written vocab.bpe).
+  for (const char* f : {"encoder.json", "vocab.bpe", "dict.txt"}) {
+    if (std::filesystem::exists(dir / f)) continue;
+    const std::filesystem::path partial = dir / (std::string(f) + ".partial");
+    std::filesystem::copy_file(bpe / f, partial, std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::rename(partial, dir / f);
+  }
   return dir;
 }
 

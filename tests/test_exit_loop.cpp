@@ -133,7 +133,9 @@ TEST(ExitLoop, ExitedGroupsLeaveAndTheLastLayerIsNeverAsked) {
   EXPECT_EQ(o.layers, (std::vector<int>{3, 1, 5}));
   for (auto [layer, id] : o.asked) {
     EXPECT_LT(layer, 4) << "the last layer always stops";
-    if (id == 1) EXPECT_EQ(layer, 0) << "group 1 left after layer 1";
+    if (id == 1) {
+      EXPECT_EQ(layer, 0) << "group 1 left after layer 1";
+    }
   }
   EXPECT_EQ(o.exited, run_naive(5, rule).exited);
 }

@@ -51,7 +51,7 @@ void write_four_image_dump(const fs::path& dir) {
     const std::string name = "images/" + std::to_string(i) + ".jpg";
     fs::copy_file(coco_image(i), dir / name);
     for (int q = 0; q < 2; ++q)
-      lines.push_back(json{{"id", "s" + std::to_string(i) + "_" + std::to_string(q)},
+      lines.push_back(json{{"id", std::to_string(i) + "_" + std::to_string(q)},
                            {"image", name},
                            {"hypothesis", hypotheses[q]},
                            {"label", labels[(i + q) % 3]}}

@@ -92,7 +92,10 @@ std::string policy_name(const ExitPolicy& p) {
     parts.push_back("decoder" + short_number(p.exit_threshold_decoder));
   auto per_layer = [&](const char* label, const std::vector<double>& values) {
     std::string part = label;
-    for (double v : values) part += (part == label ? "" : "/") + short_number(v);
+    for (double v : values) {
+      if (part != label) part += '/';
+      part += short_number(v);
+    }
     if (!values.empty()) parts.push_back(part);
   };
   per_layer("image", p.exit_thresholds_image);
