@@ -129,14 +129,7 @@ Args parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   mue::adopt_openmp_wait_policy(argv);  // before any OpenMP work: see mue/runtime.h
-  try {
-    apps::Cluster::join(&argc, &argv);  // a rank of an MPI job, if mpirun or srun started us
-  } catch (const mue::Error& e) {
-    std::cerr << kTool << ": " << e.what() << "\n";
-    return 1;
-  }
-  const apps::Cluster& cluster = apps::Cluster::get();
-  if (!cluster.root()) std::cout.setstate(std::ios::failbit);  // only rank 0 prints
+  const apps::Cluster& cluster = apps::Cluster::join_or_exit(kTool, &argc, &argv);
   // Settings and the dump are checked before the model loads, so that mistakes fail fast
   // (status 2); what fails after that exits with status 1.
   Args a;

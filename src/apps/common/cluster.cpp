@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <iostream>
 #include <limits>
 
 #include "mue/runtime.h"
@@ -58,6 +59,17 @@ bool launched_by_mpi() {
 }
 
 const Cluster& Cluster::get() { return instance(); }
+
+const Cluster& Cluster::join_or_exit(const char* tool, int* argc, char*** argv) {
+  try {
+    join(argc, argv);
+  } catch (const Error& e) {
+    std::cerr << tool << ": " << e.what() << "\n";
+    std::exit(1);
+  }
+  if (!instance().root()) std::cout.setstate(std::ios::failbit);
+  return instance();
+}
 
 int Cluster::default_threads() const {
   if (local_size_ <= 1) return 0;

@@ -14,6 +14,9 @@ class Cluster {
   // once at the start of main, after adopt_openmp_wait_policy (which may re-exec). Ranks leave
   // the job when the process exits.
   static void join(int* argc, char*** argv);
+  // join() for an app's main: on failure prints "<tool>: <reason>" and exits with status 1.
+  // Silences std::cout on every rank but 0, so that only rank 0 prints the reports.
+  static const Cluster& join_or_exit(const char* tool, int* argc, char*** argv);
   static const Cluster& get();
 
   int rank() const { return rank_; }
