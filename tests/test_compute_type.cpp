@@ -15,6 +15,7 @@
 #include <random>
 
 #include "bench_app_test.h"
+#include "kernels/kernels.h"
 #include "model/ofa_model.h"
 #include "mue/mue.h"
 #include "mue/runtime.h"
@@ -304,6 +305,25 @@ TEST_P(ComputeTypeParity, RandomTinyModelLogitsStayCloseToF32) {
   const fs::path dir = random_engine_model("tiny_decomposed_64", "tiny", "decomposed", 64, &why);
   if (dir.empty()) GTEST_SKIP() << why;
   if (coco_image(0).empty()) GTEST_SKIP() << "no COCO images under " << shared_dir();
+  EngineOptions opt;
+  opt.threads = 2;
+  auto engine = Engine::load(dir.string(), opt);
+  PreparedImage image = engine->prepare_image(coco_image(2).string());
+  Tensor images = image.pixels.reshape({1, image.pixels.dim(0), image.pixels.dim(1), 3});
+  expect_close_to_f32(dir, images, engine->caption_prompt(), GetParam());
+}
+
+// At 256x256, 256 image tokens: the image stream's attention takes the bf16 products (with the
+// position bias folded into Q K^T) where the CPU has native bf16 (kernels::attention_uses_bf16).
+TEST_P(ComputeTypeParity, RandomTinyModelWithBf16AttentionStaysCloseToF32) {
+  SKIP_UNLESS_SUPPORTED(GetParam());
+  std::string why;
+  const fs::path dir =
+      random_engine_model("tiny_decomposed_256", "tiny", "decomposed", 256, &why);
+  if (dir.empty()) GTEST_SKIP() << why;
+  if (coco_image(0).empty()) GTEST_SKIP() << "no COCO images under " << shared_dir();
+  std::cout << "bf16 attention products: "
+            << (kernels::attention_uses_bf16(256, 256) ? "yes" : "no (fp32 on this CPU)") << "\n";
   EngineOptions opt;
   opt.threads = 2;
   auto engine = Engine::load(dir.string(), opt);

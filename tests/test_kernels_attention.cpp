@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "expect_close.h"
@@ -264,6 +265,60 @@ TEST(KernelsAttention, SeveralQueryBlocksAtHeadDim64) {
   t.args.key_padding = padding.data();
   t.args.key_padding_stride = 150;
   check(t.args, t.out_size());
+}
+
+// The bf16 products (bf16 and int8 compute types): same masks and bias, within bf16's rounding.
+// On a CPU without native bf16 the fp32 path runs and the same bounds hold trivially.
+TEST(KernelsAttention, Bf16ProductsStayCloseToTheReference) {
+  for (const char* mode : {"bias and padding", "causal", "factored bias"}) {
+    SCOPED_TRACE(mode);
+    const std::string m = mode;
+    TokenMajor t(2, 3, 150, 300, 64, 17);
+    auto bias = random_vector(3 * 150 * 300, 18);
+    std::vector<uint8_t> padding(2 * 300, 0);
+    for (int j = 280; j < 300; ++j) padding[300 + j] = 1;  // the second batch entry only
+    // The factored form: bias[h,i,j] = bq[i,h,:] . bk[j,h,:], also given densely for the
+    // reference (and for the fp32 path).
+    const auto bias_q = random_vector(150 * 3 * 64, 19, -0.2f, 0.2f),
+               bias_k = random_vector(300 * 3 * 64, 20, -0.2f, 0.2f);
+    if (m == "factored bias") {
+      for (int h = 0; h < 3; ++h)
+        for (int i = 0; i < 150; ++i)
+          for (int j = 0; j < 300; ++j) {
+            double dot = 0;
+            for (int d = 0; d < 64; ++d)
+              dot += bias_q[(i * 3 + h) * 64 + d] * bias_k[(j * 3 + h) * 64 + d];
+            bias[(h * 150 + i) * 300 + j] = static_cast<float>(dot);
+          }
+      t.args.bias_q = bias_q.data();
+      t.args.bias_k = bias_k.data();
+    }
+    if (m == "causal") {
+      t.args.causal = true;
+      t.args.causal_offset = 150;
+    } else {
+      t.args.bias = bias.data();
+      t.args.bias_head_stride = 150 * 300;
+      t.args.bias_row_stride = 300;
+      t.args.key_padding = padding.data();
+      t.args.key_padding_stride = 300;
+    }
+    t.args.bf16_products = true;
+    std::vector<float> expected;
+    reference_attention(t.args, expected, t.out_size());
+    std::vector<float> out(t.out_size(), NAN);
+    t.args.out = out.data();
+    attention(t.args);
+    // Q, K, V and the weights rounded to 8 significant bits: a few 1e-3 on outputs of size ~0.1.
+    expect_close(out, expected, 1e-2, 1e-2);
+    double mean_error = 0;
+    for (size_t i = 0; i < out.size(); ++i) mean_error += std::fabs(out[i] - expected[i]);
+    mean_error /= static_cast<double>(out.size());
+    EXPECT_LT(mean_error, 2e-3);
+    if (attention_uses_bf16(150, 300)) {
+      EXPECT_GT(mean_error, 1e-6) << "the bf16 path ran";
+    }
+  }
 }
 
 TEST(KernelsAttention, BadArgumentsThrowError) {

@@ -9,6 +9,8 @@
 
 #include "expect_close.h"
 #include "kernels/kernels.h"
+#include "kernels/quantize.h"
+#include "kernels/row_softmax.h"
 #include "mue/runtime.h"
 #include "mue/tensor.h"
 
@@ -149,6 +151,35 @@ TEST(KernelsSoftmax, RowsSumToOne) {
     for (int c = 0; c < 300; ++c) sum += x[r * 300 + c];
     EXPECT_NEAR(sum, 1.0, 1e-5) << "row " << r;
   }
+}
+
+// The bf16 attention path's exp (a cubic for 2^f): within 1e-4 relative of std::exp over the
+// whole range softmax sees, exactly 0 for -inf and far below the max, bf16 bits of the value.
+TEST(KernelsSoftmax, Bf16RowExpMatchesStdExp) {
+  std::vector<float> x;
+  for (int i = 0; i <= 20000; ++i) x.push_back(-100.f + 0.005f * static_cast<float>(i));
+  x.push_back(-std::numeric_limits<float>::infinity());
+  const float max = 0.f;
+  std::vector<uint16_t> y(x.size());
+  const float sum = detail::exp_shifted_row_bf16(x.data(), static_cast<int64_t>(x.size()), max,
+                                                 y.data());
+  double want_sum = 0;
+  for (size_t j = 0; j < x.size(); ++j) {
+    const double want = std::exp(static_cast<double>(x[j]) - max);
+    want_sum += want;
+    const double got = detail::from_bf16(y[j]);
+    if (want < std::numeric_limits<float>::min()) {
+      EXPECT_LE(got, std::numeric_limits<float>::min()) << "x = " << x[j];  // subnormal: flushed
+    } else {
+      EXPECT_NEAR(got / want, 1.0, 1e-4 + std::ldexp(1.0, -8)) << "x = " << x[j];
+    }
+  }
+  EXPECT_EQ(y.back(), 0) << "-inf gets exactly zero weight";
+  EXPECT_NEAR(sum / want_sum, 1.0, 1e-4);
+  std::vector<float> masked(5, -std::numeric_limits<float>::infinity());
+  std::vector<uint16_t> zeros(5, 7);
+  EXPECT_EQ(detail::exp_shifted_row_bf16(masked.data(), 5, masked[0], zeros.data()), 0.f);
+  EXPECT_EQ(zeros, std::vector<uint16_t>(5, 0));
 }
 
 TEST(KernelsCosine, KnownValues) {

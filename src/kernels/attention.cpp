@@ -3,14 +3,22 @@
 // block in L2 at 900 image tokens and gives OpenMP enough items when batch * heads is small.
 // The GEMMs are oneDNN's sgemm, which reads the strided operands in place and ran 20-25% faster
 // than Eigen's at these shapes (60 x 64 x 900) on the 2-core EPYC.
+// With bf16_products, on CPUs that multiply bf16 natively, large products (the image stream's)
+// run as oneDNN bf16 matmuls instead: Q (scaled), K and V are rounded to bf16 once per call, the
+// softmax weights per block, and oneDNN accumulates in fp32 (AMX where the CPU has it).
 #include <algorithm>
+#include <functional>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/dnnl_context.h"
 #include "kernels/eigen.h"
 #include "kernels/kernels.h"
+#include "kernels/quantize.h"
 #include "kernels/row_softmax.h"
 #include "mue/tensor.h"
 
@@ -19,6 +27,106 @@ namespace {
 
 // Query rows per work item: 64 rows x 1000 keys of scores is 256 KB, which stays in L2.
 constexpr int64_t kQueryBlock = 64;
+
+// The bf16 path pays for its conversions and per-block primitive calls only on large products.
+constexpr int64_t kMinBf16Rows = 32, kMinBf16Keys = 256;
+
+using dnnl::memory;
+
+// A bf16 x bf16 -> f32 product of one work item: scores = Q K^T ([m, k] x [k, n] with K read as
+// [n, k] rows) or out = P V (n = head_dim, dst rows ld_dst apart).
+struct Bf16ProductKey {
+  int64_t m, n, k, ld_dst;
+  bool scores;
+  bool operator==(const Bf16ProductKey&) const = default;
+};
+
+struct Bf16ProductKeyHash {
+  size_t operator()(const Bf16ProductKey& key) const {
+    size_t h = std::hash<int64_t>()(key.m);
+    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); };
+    mix(std::hash<int64_t>()(key.n));
+    mix(std::hash<int64_t>()(key.k));
+    mix(std::hash<int64_t>()(key.ld_dst));
+    mix(key.scores);
+    return h;
+  }
+};
+
+struct Bf16Product {
+  dnnl::matmul matmul;
+  memory::desc src, weights, dst, scratchpad;
+};
+
+// Cached per shape (a model has a handful); primitive creation costs milliseconds.
+const Bf16Product& bf16_product(const Bf16ProductKey& key) {
+  static std::mutex mutex;
+  static std::unordered_map<Bf16ProductKey, std::unique_ptr<Bf16Product>, Bf16ProductKeyHash> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[key];
+  if (!slot) {
+    using Type = memory::data_type;
+    auto p = std::make_unique<Bf16Product>();
+    p->src = memory::desc({key.m, key.k}, Type::bf16, {key.k, 1});
+    p->weights = key.scores ? memory::desc({key.k, key.n}, Type::bf16, {1, key.k})
+                            : memory::desc({key.k, key.n}, Type::bf16, {key.n, 1});
+    p->dst = memory::desc({key.m, key.n}, Type::f32, {key.ld_dst, 1});
+    dnnl::matmul::desc desc(p->src, p->weights, p->dst);
+    dnnl::matmul::primitive_desc pd(desc, detail::user_scratchpad_attr(), detail::cpu_engine());
+    p->scratchpad = pd.scratchpad_desc();
+    p->matmul = dnnl::matmul(pd);
+    slot = std::move(p);
+  }
+  return *slot;
+}
+
+void run_bf16_product(const Bf16ProductKey& key, const uint16_t* a, const uint16_t* b, float* dst) {
+  const Bf16Product& p = bf16_product(key);
+  auto& engine = detail::cpu_engine();
+  p.matmul.execute(detail::cpu_stream(),
+                   {{DNNL_ARG_SRC, memory(p.src, engine, const_cast<uint16_t*>(a))},
+                    {DNNL_ARG_WEIGHTS, memory(p.weights, engine, const_cast<uint16_t*>(b))},
+                    {DNNL_ARG_DST, memory(p.dst, engine, dst)},
+                    {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}});
+  detail::cpu_stream().wait();
+}
+
+// Q (times the scale), K and V rounded to bf16, each contiguous [batch, heads, rows, width].
+// With a factored bias, Q's and K's rows are [q | bias_q] and [k | bias_k]: width 2 head_dim.
+struct Bf16Operands {
+  const uint16_t *q = nullptr, *k = nullptr, *v = nullptr;
+  int64_t qk_width = 0;
+};
+
+// extra: null, or [rows, heads * dh] token-major rows appended to each row (shared by the batch).
+void gather_bf16(const float* x, int64_t batch_stride, int64_t head_stride, int64_t row_stride,
+                 int64_t batch, int64_t heads, int64_t rows, int64_t dh, float scale,
+                 const float* extra, uint16_t* out) {
+  const int64_t width = extra != nullptr ? 2 * dh : dh;
+  // Row by row, each row's heads in turn: the reads are sequential (token-major projections),
+  // where head by head they strode through memory and stalled on every row.
+#pragma omp parallel for schedule(static)
+  for (int64_t br = 0; br < batch * rows; ++br) {
+    const int64_t b = br / rows, r = br % rows;
+    for (int64_t h = 0; h < heads; ++h) {
+      uint16_t* row = out + ((b * heads + h) * rows + r) * width;
+      detail::to_bf16_serial(x + b * batch_stride + h * head_stride + r * row_stride, scale, row,
+                             dh);
+      if (extra != nullptr)
+        detail::to_bf16_serial(extra + r * heads * dh + h * dh, 1.f, row + dh, dh);
+    }
+  }
+}
+
+uint16_t* call_buffer(int slot, int64_t elements) {
+  thread_local detail::AlignedScratch buffers[3];
+  return static_cast<uint16_t*>(buffers[slot].get(static_cast<size_t>(elements) * 2));
+}
+
+uint16_t* thread_weights_bf16(int64_t size) {
+  thread_local detail::AlignedScratch weights;
+  return static_cast<uint16_t*>(weights.get(static_cast<size_t>(size) * 2));
+}
 
 void check_operand(const char* name, const void* data, int64_t rows, int64_t row_stride,
                    int64_t head_dim) {
@@ -75,8 +183,9 @@ struct QueryBlock {
   bool folded;
 };
 
-// Returns false if a GEMM failed.
-bool attend_block(const AttentionArgs& a, const QueryBlock& blk) {
+// Returns false if a GEMM failed. bf16: the rounded operands when the bf16 path is taken (never
+// with folded blocks), else null.
+bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Operands* bf16) {
   const int64_t dh = a.head_dim, h = blk.head, rows = blk.rows, row_begin = blk.row_begin;
   const int64_t b = blk.batch;  // 0 when folded
   float* out =
@@ -100,10 +209,20 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk) {
   const float* q = a.q + b * a.q_batch_stride + h * a.q_head_stride + row_begin * a.q_row_stride;
   const float* k = a.k + b * a.k_batch_stride + h * a.k_head_stride;
   const float* v = a.v + b * a.v_batch_stride + h * a.v_head_stride;
-  float* scores = thread_scores(rows * keys);
+  // bf16: the P V product's dense block follows the scores.
+  float* scores = thread_scores(rows * keys + (bf16 != nullptr ? rows * dh : 0));
+  const int64_t bf16_head = (b * a.heads + h);  // the head's index in the bf16 operands
   // scores[rows, keys] = scale * Q K^T
-  if (!gemm('T', rows, keys, dh, a.scale, q, leading_dim(rows, a.q_row_stride, dh), k,
-            leading_dim(keys, a.k_row_stride, dh), scores, keys)) {
+  if (bf16 != nullptr) {
+    try {
+      const int64_t w = bf16->qk_width;
+      run_bf16_product({rows, keys, w, keys, true}, bf16->q + (bf16_head * a.tq + row_begin) * w,
+                       bf16->k + bf16_head * a.tk * w, scores);
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  } else if (!gemm('T', rows, keys, dh, a.scale, q, leading_dim(rows, a.q_row_stride, dh), k,
+                   leading_dim(keys, a.k_row_stride, dh), scores, keys)) {
     return false;
   }
 
@@ -112,12 +231,15 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk) {
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
   const float head_scale = a.head_scale != nullptr ? a.head_scale[h] : 1.f;
   float* row_factor = thread_row_factors(rows);
+  uint16_t* weights_bf16 = bf16 != nullptr ? thread_weights_bf16(rows * keys) : nullptr;
+  const bool bias_folded = bf16 != nullptr && bf16->qk_width == 2 * dh;  // already in the scores
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row_batch = batch_of(r), i = row_of(r);
     float* s = scores + r * keys;
-    const float* bias = a.bias != nullptr ? a.bias + row_batch * a.bias_batch_stride +
-                                                h * a.bias_head_stride + i * a.bias_row_stride
-                                          : nullptr;
+    const float* bias = a.bias != nullptr && !bias_folded
+                            ? a.bias + row_batch * a.bias_batch_stride + h * a.bias_head_stride +
+                                  i * a.bias_row_stride
+                            : nullptr;
     const uint8_t* padding =
         a.key_padding != nullptr ? a.key_padding + row_batch * a.key_padding_stride : nullptr;
     // Separate simple loops: each vectorises, where one fused loop with branches did not.
@@ -134,24 +256,49 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk) {
       for (int64_t j = 0; j < keys; ++j) s[j] = padding[j] != 0 ? kMasked : s[j];
     }
     const float max = Eigen::Map<const Eigen::ArrayXf>(s, keys).maxCoeff();
-    const float sum = detail::exp_shifted_row(s, keys, max);
+    const float sum = weights_bf16 != nullptr
+                          ? detail::exp_shifted_row_bf16(s, keys, max, weights_bf16 + r * keys)
+                          : detail::exp_shifted_row(s, keys, max);
     row_factor[r] = sum > 0.f ? head_scale / sum : 0.f;  // all masked: zeros
   }
-  // out[rows, dh] = P V, then each row times head_scale / its softmax sum.
-  if (!gemm('N', rows, dh, keys, 1.f, scores, keys, v, leading_dim(keys, a.v_row_stride, dh), out,
-            out_ld)) {
+  // out[rows, dh] = P V, then each row times head_scale / its softmax sum. The bf16 product
+  // writes a dense block first: oneDNN gives a strided destination its slower gemm kernel.
+  float* product = out;
+  int64_t product_ld = out_ld;
+  if (bf16 != nullptr) {
+    product = scores + rows * keys;
+    product_ld = dh;
+    try {
+      run_bf16_product({rows, dh, keys, dh, false}, weights_bf16, bf16->v + bf16_head * a.tk * dh,
+                       product);
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  } else if (!gemm('N', rows, dh, keys, 1.f, scores, keys, v, leading_dim(keys, a.v_row_stride, dh),
+                   out, out_ld)) {
     return false;
   }
   for (int64_t r = 0; r < rows; ++r) {
+    const float* p = product + r * product_ld;
     float* o = out + r * out_ld;
     const float factor = row_factor[r];
 #pragma omp simd
-    for (int64_t d = 0; d < dh; ++d) o[d] *= factor;
+    for (int64_t d = 0; d < dh; ++d) o[d] = p[d] * factor;
   }
   return true;
 }
 
 }  // namespace
+
+bool attention_uses_bf16(int64_t tq, int64_t tk) {
+  // oneDNN's effective ISA honours ONEDNN_MAX_CPU_ISA; emulated bf16 (avx512_core) is slower
+  // than fp32, so only native bf16 counts.
+  static const bool native = [] {
+    const auto isa = dnnl::get_effective_cpu_isa();
+    return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+  }();
+  return native && tq >= kMinBf16Rows && tk >= kMinBf16Keys;
+}
 
 void attention(const AttentionArgs& a) {
   check_args(a);
@@ -166,6 +313,24 @@ void attention(const AttentionArgs& a) {
   const int64_t block_rows = (rows_per_head + nominal_blocks - 1) / nominal_blocks;
   const int64_t blocks = (rows_per_head + block_rows - 1) / block_rows;
   const int64_t items = outer_batches * a.heads * blocks;
+
+  Bf16Operands bf16;
+  const bool use_bf16 = a.bf16_products && !folded && attention_uses_bf16(a.tq, a.tk);
+  if (use_bf16) {
+    const int64_t heads = a.batch * a.heads;
+    const bool factored = a.bias_q != nullptr && a.bias_k != nullptr;
+    const int64_t width = factored ? 2 * a.head_dim : a.head_dim;
+    uint16_t* q = call_buffer(0, heads * a.tq * width);
+    uint16_t* k = call_buffer(1, heads * a.tk * width);
+    uint16_t* v = call_buffer(2, heads * a.tk * a.head_dim);
+    gather_bf16(a.q, a.q_batch_stride, a.q_head_stride, a.q_row_stride, a.batch, a.heads, a.tq,
+                a.head_dim, a.scale, factored ? a.bias_q : nullptr, q);
+    gather_bf16(a.k, a.k_batch_stride, a.k_head_stride, a.k_row_stride, a.batch, a.heads, a.tk,
+                a.head_dim, 1.f, factored ? a.bias_k : nullptr, k);
+    gather_bf16(a.v, a.v_batch_stride, a.v_head_stride, a.v_row_stride, a.batch, a.heads, a.tk,
+                a.head_dim, 1.f, nullptr, v);
+    bf16 = {q, k, v, width};
+  }
   // Exceptions may not leave an OpenMP region, so failures are counted and reported after it.
   int64_t failures = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(+ : failures) \
@@ -176,9 +341,12 @@ void attention(const AttentionArgs& a) {
     const int64_t b = item / (blocks * a.heads);
     const int64_t row_begin = block * block_rows;
     const QueryBlock blk{b, h, row_begin, std::min(block_rows, rows_per_head - row_begin), folded};
-    if (!attend_block(a, blk)) ++failures;
+    if (!attend_block(a, blk, use_bf16 ? &bf16 : nullptr)) ++failures;
   }
-  if (failures > 0) throw Error("attention: oneDNN sgemm failed on the Q K^T or P V product");
+  if (failures > 0) {
+    throw Error(std::string("attention: oneDNN ") + (use_bf16 ? "bf16 matmul" : "sgemm") +
+                " failed on the Q K^T or P V product");
+  }
 }
 
 }  // namespace mue::kernels

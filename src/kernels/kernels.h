@@ -93,8 +93,24 @@ struct AttentionArgs {
 
   // Per-head output scale (OFA's c_attn, NormFormer scale_heads). Null: 1.
   const float* head_scale = nullptr;
+
+  // Optional: the same bias as a product per head, bias[h,i,j] = bias_q[i,h,:] . bias_k[j,h,:]
+  // ([tq, heads*head_dim] and [tk, heads*head_dim] token-major rows, shared by the batch): OFA's
+  // absolute position bias. The bf16 path folds it into its Q K^T product (head_dim doubled)
+  // instead of reading `bias`, which must then hold exactly this product and nothing else.
+  const float* bias_q = nullptr;
+  const float* bias_k = nullptr;
+
+  // Allows QK^T and PV with bf16 operands and fp32 accumulation (the bf16 and int8 compute
+  // types). Taken only where the CPU multiplies bf16 natively and the products are large (the
+  // image stream's self-attention): elsewhere fp32, so the f32 type never changes.
+  bool bf16_products = false;
 };
 void attention(const AttentionArgs& args);
+
+// Whether attention() with bf16_products takes the bf16 path for a tq x tk product per head:
+// native bf16 (AVX512-BF16 or AMX, as oneDNN's ISA says) and a large enough product.
+bool attention_uses_bf16(int64_t tq, int64_t tk);
 
 // 2-D convolution, NHWC activations, weights given as PyTorch [O,I,kh,kw] (BatchNorm already
 // folded by the caller). Weights are reordered for oneDNN once, at construction or on first use

@@ -195,10 +195,12 @@ struct PackedLinear::Impl {
     auto* acc = static_cast<int32_t*>(detail::thread_buffer(3, m * n * sizeof(int32_t)));
     detail::quantize_rows_u8(x, m, k, q, scale, zero_point);
     run_linear(p, q, weights_as(p.weights), memory(), acc);
+    using Epilogue = detail::EpilogueActivation;
+    const Epilogue epilogue = act == Activation::kRelu   ? Epilogue::kRelu
+                              : act == Activation::kGelu ? Epilogue::kGelu
+                                                         : Epilogue::kNone;
     detail::dequantize_s32(acc, m, n, scale, zero_point, weight_scale.data(), weight_row_sum.data(),
-                           bias_int8.empty() ? nullptr : bias_int8.data(), act == Activation::kRelu,
-                           y);
-    if (act == Activation::kGelu) gelu(y, m * n);
+                           bias_int8.empty() ? nullptr : bias_int8.data(), epilogue, y);
   }
 };
 

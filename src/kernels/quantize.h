@@ -3,12 +3,25 @@
 // primitives dispatch to the CPU's ISA at run time.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 
 namespace mue::kernels::detail {
 
-// fp32 -> bf16 bits, rounded to nearest even (NaN stays NaN).
+// One value's fp32 -> bf16 bits, rounded to nearest even (NaN stays NaN); inline so that loops
+// elsewhere can fuse it.
+inline uint16_t bf16_bits(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);  // not memcpy: loops using it vectorise
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  return static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40u) : rounded);
+}
+
+// The same over an array. OpenMP-parallel when large.
 void to_bf16(const float* x, uint16_t* y, int64_t n);
+// The same of scale * x[i], on the calling thread only (for loops already inside a parallel
+// region, where even an inactive nested region costs more than a row's conversion).
+void to_bf16_serial(const float* x, float scale, uint16_t* y, int64_t n);
 float from_bf16(uint16_t v);
 
 // Dynamic per-row asymmetric quantisation of x [m, k] to u8: the range of each row, widened to
@@ -27,10 +40,11 @@ void quantize_weights_s8(const float* w, int64_t n, int64_t k, int qmax, int8_t*
                          int32_t* row_sum);
 
 // The int8 GEMM's epilogue: y[i, j] = act(x_scale[i] * w_scale[j] *
-// (acc[i, j] - x_zero_point[i] * w_row_sum[j]) + bias[j]); act 0 none, 1 relu (GELU is applied
-// by the caller). bias may be null.
+// (acc[i, j] - x_zero_point[i] * w_row_sum[j]) + bias[j]); act none, relu, or the exact GELU
+// (as gelu() computes it, applied per block while the block is in cache). bias may be null.
+enum class EpilogueActivation { kNone, kRelu, kGelu };
 void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_scale,
                     const int32_t* x_zero_point, const float* w_scale, const int32_t* w_row_sum,
-                    const float* bias, bool relu, float* y);
+                    const float* bias, EpilogueActivation act, float* y);
 
 }  // namespace mue::kernels::detail

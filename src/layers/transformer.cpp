@@ -76,6 +76,9 @@ void multihead_attention(const float* q, const KeyValueView& kv, int64_t batch, 
   a.causal = masking.causal;
   a.causal_offset = masking.causal_offset;
   a.head_scale = c_attn.raw() ? c_attn.data<float>() : nullptr;
+  a.bias_q = masking.bias_q;
+  a.bias_k = masking.bias_k;
+  a.bf16_products = dims.compute_type != ComputeType::kF32;
   kernels::attention(a);
 }
 

@@ -14,7 +14,7 @@ struct TransformerDims {
   float attn_scale_factor = 2.f;
   float eps = 1e-5f;
   bool normformer = true;  // attn_ln / ffn_layernorm / c_attn present (spec 3.1)
-  ComputeType compute_type = ComputeType::kF32;  // of the projections and the FFN
+  ComputeType compute_type = ComputeType::kF32;  // projections, FFN, attention's products
   int64_t head_dim() const { return d_model / heads; }
   // q scaling (head_dim * attn_scale_factor)^-1/2 (spec 3.5)
   float scaling() const;
@@ -25,6 +25,9 @@ struct AttentionMasking {
   const float* bias = nullptr;  // [heads, tq, tk] (+ batch stride), row stride bias_row_stride
   int64_t bias_batch_stride = 0;
   int64_t bias_row_stride = 0;
+  // Optional: `bias` as its factors [tq, d] . [tk, d]^T per head (kernels::AttentionArgs).
+  const float* bias_q = nullptr;
+  const float* bias_k = nullptr;
   const uint8_t* key_padding = nullptr;  // [batch, tk]
   int64_t key_padding_stride = 0;
   bool causal = false;

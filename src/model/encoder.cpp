@@ -14,7 +14,8 @@ namespace mue {
 std::vector<int> OfaModel::run_encoder_stack(
     float* x, int64_t batch, int64_t t, const uint8_t* key_padding,
     const std::function<const float*(int layer, float* scratch)>& make_bias, int64_t bias_len,
-    const ExitDecision& decide, float* out, Arena& arena) const {
+    const ExitDecision& decide, float* out, Arena& arena,
+    std::pair<const float*, const float*> bias_factors) const {
   const int64_t d = config_.d_model;
   const size_t sample_elems = static_cast<size_t>(t * d);
   float* y = arena.floats(static_cast<size_t>(batch) * sample_elems);
@@ -35,6 +36,8 @@ std::vector<int> OfaModel::run_encoder_stack(
     AttentionMasking m;
     m.bias = make_bias(layer, bias);
     m.bias_row_stride = t;
+    m.bias_q = bias_factors.first;
+    m.bias_k = bias_factors.second;
     if (key_padding) {
       pad.resize(active.size() * static_cast<size_t>(t));
       for (size_t i = 0; i < active.size(); ++i)
@@ -98,7 +101,8 @@ ImageEncoding OfaModel::encode_images(const Tensor& images, const ExitDecision& 
   // The image stream uses the absolute bias only, as the released MuE code does (spec 1.2).
   enc.layers = run_encoder_stack(
       img, batch, p, nullptr, [&](int, float*) { return grid.abs_bias.data<float>(); }, 0,
-      image_exit, enc.states.data<float>(), *arena);
+      image_exit, enc.states.data<float>(), *arena,
+      {grid.pos_q.data<float>(), grid.pos_k.data<float>()});
   if (times) times->image_stream += watch.lap();
   return enc;
 }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/arena.h"
@@ -146,11 +147,13 @@ class OfaModel {
   EncoderOutput make_encoder_output(int64_t batch, int64_t p, int64_t l, const ImageGridCache& grid,
                                     const std::vector<uint8_t>& text_pad) const;
   // An encoder stack over `batch` samples of `t` rows each in x (overwritten); each sample's
-  // output goes to `out` [batch, t, d]. `make_bias` fills layer l's attention bias.
+  // output goes to `out` [batch, t, d]. `make_bias` fills layer l's attention bias;
+  // bias_factors, where given, are that bias's factors (the image stream's pos_q, pos_k).
   std::vector<int> run_encoder_stack(
       float* x, int64_t batch, int64_t t, const uint8_t* key_padding,
       const std::function<const float*(int layer, float* scratch)>& make_bias, int64_t bias_len,
-      const ExitDecision& decide, float* out, Arena& arena) const;
+      const ExitDecision& decide, float* out, Arena& arena,
+      std::pair<const float*, const float*> bias_factors = {}) const;
   void embed_tokens(const int64_t* tokens, int64_t n, float* out) const;
   // Number of leading non-pad tokens; pads must form a suffix (right padding).
   static int64_t valid_prefix(const int64_t* tokens, int64_t t, int64_t pad, const char* what,
