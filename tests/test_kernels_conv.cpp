@@ -254,5 +254,37 @@ TEST(KernelsConv2d, Bf16MatchesReferenceOnRoundedOperands) {
   }
 }
 
+// bf16 feature maps (the ResNet's maps between a bottleneck's convolutions): a bf16 output is
+// exactly the fp32 output rounded to nearest even, and a bf16 input gives exactly what the fp32
+// input gives (it is rounded the same way first). f32 convolutions refuse bf16 maps.
+TEST(KernelsConv2d, Bf16FeatureMapsEqualRoundingTheFp32Ones) {
+  if (!compute_type_supported(ComputeType::kBF16))
+    GTEST_SKIP() << "bf16 is not supported by oneDNN on this CPU";
+  const Geometry g{32, 16, 3, 1, 1};
+  const int64_t n = 2, h = 9, w = 7, ho = extent(h, g), wo = extent(w, g);
+  const auto weight = random_vector(g.out_c * g.in_c * 9, 80, -0.2f, 0.2f);
+  const auto bias = random_vector(g.out_c, 81);
+  const auto x = random_vector(n * h * w * g.in_c, 82);
+  Conv2d conv(weight.data(), bias.data(), g.out_c, g.in_c, g.kernel, g.stride, g.padding,
+              ComputeType::kBF16);
+  const size_t out_size = n * ho * wo * g.out_c;
+  std::vector<float> y(out_size);
+  conv.forward(x.data(), n, h, w, y.data(), nullptr, Activation::kRelu);
+  std::vector<uint16_t> want(out_size), y16(out_size, 0xffff);
+  detail::to_bf16(y.data(), want.data(), static_cast<int64_t>(out_size));
+  conv.forward_maps(x.data(), false, n, h, w, y16.data(), true, nullptr, Activation::kRelu);
+  EXPECT_EQ(y16, want);
+
+  std::vector<uint16_t> x16(x.size());
+  detail::to_bf16(x.data(), x16.data(), static_cast<int64_t>(x.size()));
+  std::vector<float> from16(out_size, NAN);
+  conv.forward_maps(x16.data(), true, n, h, w, from16.data(), false, nullptr, Activation::kRelu);
+  EXPECT_EQ(from16, y);
+
+  EXPECT_THROW(conv.forward_maps(x.data(), false, n, h, w, y16.data(), true, y.data()), Error);
+  Conv2d f32(weight.data(), bias.data(), g.out_c, g.in_c, g.kernel, g.stride, g.padding);
+  EXPECT_THROW(f32.forward_maps(x16.data(), true, n, h, w, y.data(), false), Error);
+}
+
 }  // namespace
 }  // namespace mue::kernels

@@ -1,6 +1,8 @@
 // The arithmetic the GEMMs and convolutions run in (EngineOptions::compute_type). LayerNorm,
-// softmax, attention's QK^T/PV, the residual stream and the exit controller's cosine are fp32
-// under every type; so are the position projections, computed once per model or image grid.
+// softmax, the residual stream and the exit controller's cosine are fp32 under every type; so
+// are the position projections, computed once per model or image grid. Attention's QK^T/PV are
+// fp32 too, except under bf16 and int8 on CPUs with native bf16 (AVX512-BF16, AMX), where the
+// large ones (the image stream's) take bf16 operands with fp32 accumulation.
 //
 //   f32   fp32 weights and inputs (the default; exact parity with earlier releases)
 //   bf16  weights stored in bf16 at load, inputs rounded to bf16 per call, fp32 accumulation

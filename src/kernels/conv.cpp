@@ -29,6 +29,7 @@ struct ConvKey {
   bool residual;
   Activation act;
   int threads;
+  bool dst_bf16 = false;
   bool operator==(const ConvKey&) const = default;
 };
 
@@ -41,6 +42,7 @@ struct ConvKeyHash {
     mix(key.residual);
     mix(static_cast<size_t>(key.act));
     mix(static_cast<size_t>(key.threads));
+    mix(key.dst_bf16);
     return h;
   }
 };
@@ -69,12 +71,13 @@ struct Conv2d::Impl {
   std::unordered_map<ConvKey, ConvPrimitive, ConvKeyHash> primitives;
 
   dnnl::convolution_forward::primitive_desc make_pd(int64_t n, int64_t h, int64_t w, bool residual,
-                                                    Activation act) const {
+                                                    Activation act, bool dst_bf16) const {
     const int64_t ho = conv_extent(h, kernel, stride, padding);
     const int64_t wo = conv_extent(w, kernel, stride, padding);
     const auto in_type = type == ComputeType::kBF16 ? memory::data_type::bf16 : kF32;
     memory::desc src({n, in_channels, h, w}, in_type, Tag::nhwc);
-    memory::desc dst({n, out_channels, ho, wo}, kF32, Tag::nhwc);
+    memory::desc dst({n, out_channels, ho, wo}, dst_bf16 ? memory::data_type::bf16 : kF32,
+                     Tag::nhwc);
     memory::desc weights({out_channels, in_channels, kernel, kernel}, in_type, Tag::any);
     memory::desc bias_desc = bias ? bias.get_desc() : memory::desc();
     dnnl::convolution_forward::desc desc(
@@ -115,7 +118,7 @@ struct Conv2d::Impl {
     std::lock_guard<std::mutex> lock(mutex);
     auto it = primitives.find(key);
     if (it != primitives.end()) return it->second;
-    auto pd = make_pd(key.n, key.h, key.w, key.residual, key.act);
+    auto pd = make_pd(key.n, key.h, key.w, key.residual, key.act, key.dst_bf16);
     ConvPrimitive p{dnnl::convolution_forward(pd), pd.src_desc(), pd.dst_desc(),
                     pd.scratchpad_desc(), weights_as(pd.weights_desc())};
     primitives.emplace(key, p);
@@ -216,7 +219,19 @@ size_t Conv2d::weight_bytes() const {
 
 void Conv2d::forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
                      const float* residual, Activation act) const {
+  forward_maps(x, false, n, h, w, y, false, residual, act);
+}
+
+void Conv2d::forward_maps(const void* x, bool x_bf16, int64_t n, int64_t h, int64_t w, void* y,
+                          bool y_bf16, const float* residual, Activation act) const {
   check_not_moved_from(impl_);
+  if ((x_bf16 || y_bf16) && impl_->type != ComputeType::kBF16) {
+    throw Error(std::string("Conv2d: bf16 feature maps given to a convolution that runs in ") +
+                compute_type_name(impl_->type));
+  }
+  if (y_bf16 && residual != nullptr) {
+    throw Error("Conv2d: a residual needs an fp32 output, not bf16");
+  }
   if (n < 0 || h <= 0 || w <= 0 || h + 2 * impl_->padding < impl_->kernel ||
       w + 2 * impl_->padding < impl_->kernel) {
     throw Error("Conv2d: input n=" + std::to_string(n) + " h=" + std::to_string(h) +
@@ -226,17 +241,17 @@ void Conv2d::forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
   if (n == 0) return;
   if (x == nullptr || y == nullptr) throw Error("Conv2d: null input or output pointer");
   try {
-    const ConvKey key{n, h, w, residual != nullptr, act, detail::current_threads()};
+    const ConvKey key{n, h, w, residual != nullptr, act, detail::current_threads(), y_bf16};
     const ConvPrimitive p = impl_->primitive(key);
     if (residual != nullptr && residual != y) {
       std::memcpy(y, residual, p.dst.get_size());
     }
     auto& engine = detail::cpu_engine();
     const void* src = x;
-    if (impl_->type == ComputeType::kBF16) {
+    if (impl_->type == ComputeType::kBF16 && !x_bf16) {
       const int64_t count = n * h * w * impl_->in_channels;
       auto* x16 = static_cast<uint16_t*>(detail::thread_buffer(0, count * sizeof(uint16_t)));
-      detail::to_bf16(x, x16, count);
+      detail::to_bf16(static_cast<const float*>(x), x16, count);
       src = x16;
     }
     std::unordered_map<int, memory> args{

@@ -137,6 +137,13 @@ class Conv2d {
   // y[n, ho, wo, O] = act(conv(x[n, h, w, I]) + bias + residual), residual [n, ho, wo, O] or null.
   void forward(const float* x, int64_t n, int64_t h, int64_t w, float* y,
                const float* residual = nullptr, Activation act = Activation::kNone) const;
+  // The same with feature maps that may be bf16 (for a convolution that runs in bf16 only):
+  // x_bf16, x holds bf16 values; y_bf16, y receives them (then without a residual). Between the
+  // convolutions of a bottleneck this skips our rounding pass over the next one's input and
+  // halves the traffic; oneDNN rounds its output to nearest even, as our pass does.
+  void forward_maps(const void* x, bool x_bf16, int64_t n, int64_t h, int64_t w, void* y,
+                    bool y_bf16, const float* residual = nullptr,
+                    Activation act = Activation::kNone) const;
 
  private:
   struct Impl;

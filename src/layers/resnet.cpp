@@ -120,8 +120,12 @@ void ResNetBackbone::forward(const float* x, int64_t n, int64_t h, int64_t w, fl
     for (size_t b = 0; b < stages_[s].size(); ++b) {
       const Bottleneck& blk = stages_[s][b];
       int64_t oh = blk.conv2.conv->out_extent(h), ow = blk.conv2.conv->out_extent(w);
-      blk.conv1.conv->forward(cur, n, h, w, t1, nullptr, Activation::kRelu);
-      blk.conv2.conv->forward(t1, n, h, w, t2, nullptr, Activation::kRelu);
+      // Under bf16 the maps between conv1, conv2 and conv3 stay bf16 (t1, t2 hold half as many
+      // bytes then): the same values as rounding fp32 outputs, without our rounding passes.
+      const bool maps_bf16 = blk.conv1.conv->compute_type() == ComputeType::kBF16;
+      blk.conv1.conv->forward_maps(cur, false, n, h, w, t1, maps_bf16, nullptr, Activation::kRelu);
+      blk.conv2.conv->forward_maps(t1, maps_bf16, n, h, w, t2, maps_bf16, nullptr,
+                                   Activation::kRelu);
       const float* identity = cur;
       if (blk.has_downsample) {
         blk.downsample.conv->forward(cur, n, h, w, ds, nullptr, Activation::kNone);
@@ -130,7 +134,8 @@ void ResNetBackbone::forward(const float* x, int64_t n, int64_t h, int64_t w, fl
       bool last = s + 1 == stages_.size() && b + 1 == stages_[s].size();
       float* next = last ? out : (cur == ping ? pong : ping);
       // relu(bn3(conv3(t2)) + identity), with the residual sum fused into the convolution.
-      blk.conv3.conv->forward(t2, n, oh, ow, next, identity, Activation::kRelu);
+      blk.conv3.conv->forward_maps(t2, maps_bf16, n, oh, ow, next, false, identity,
+                                   Activation::kRelu);
       cur = next;
       h = oh;
       w = ow;
