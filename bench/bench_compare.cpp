@@ -3,16 +3,21 @@
 // PyTorch reference in one run. Not a Google Benchmark binary.
 //
 //   bench_compare --model DIR --image IMG [--threads N] [--types f32,bf16,int8]
-//                 [--pixels FILE] [--premise TEXT] [--hypothesis TEXT]
+//                 [--pixels FILE] [--premise TEXT] [--hypothesis TEXT] [--stream]
 //
 // First line out: {"ready": ..., "machine": ..., "engines": {TYPE: {weight_bytes, load_seconds}},
 // "caption_prompt": [...], "entailment_prompt": [...], "image": {height, width}}; with --pixels,
 // the prepared image (fp32 [H, W, 3], row-major, normalised as the model wants) is written there,
-// so the reference runs on the very same input.
+// so the reference runs on the very same input. With --stream, the machine block also carries
+// "stream_bandwidth" (apps::measured_stream_bandwidth at --threads, measured before the engines
+// load, so that its buffer does not add to their peak RSS).
 // Then per input line {"task": "ve"|"caption", "type": TYPE, "policy": {exit-policy fields}}:
 // {"seconds": ..., "stages": {...}, "exits": {...}, "answer": ..., "decoder_steps": N}. With
 // "batch": N, one batch call instead (throughput): captioning N distinct images of the image's
 // folder, or entailment N queries, four hypotheses on each of ceil(N / 4) images: {"seconds"}.
+// With "split": true, the call asks for the decoder's split (CallOptions::decoder_split): in
+// "stages" for one call; for a batch, "stages", "decoder_seconds" and "decoder_split" of the
+// whole batch.
 // The image cache is cleared before every call: each call pays its own image side.
 #include <algorithm>
 #include <chrono>
@@ -41,7 +46,8 @@ const char* const kHypotheses[] = {"there is a television in the room", "a dog s
 [[noreturn]] void usage_error(const std::string& what) {
   std::cerr << "bench_compare: " << what
             << "\nusage: bench_compare --model DIR --image IMG [--threads N] "
-               "[--types f32,bf16,int8] [--pixels FILE] [--premise TEXT] [--hypothesis TEXT]\n";
+               "[--types f32,bf16,int8] [--pixels FILE] [--premise TEXT] [--hypothesis TEXT] "
+               "[--stream]\n";
   std::exit(2);
 }
 
@@ -53,6 +59,7 @@ int main(int argc, char** argv) {
   std::string premise = "a living room with a couch, a television and a table";
   std::string hypothesis = "there is a television in the room";
   int threads = 2;
+  bool stream = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -73,11 +80,15 @@ int main(int argc, char** argv) {
       premise = value();
     else if (arg == "--hypothesis")
       hypothesis = value();
+    else if (arg == "--stream")
+      stream = true;
     else
       usage_error("unexpected argument \"" + arg + "\"");
   }
   if (model.empty() || image.empty()) usage_error("--model and --image are required");
   try {
+    nlohmann::json stream_bandwidth;
+    if (stream) stream_bandwidth = mue::apps::measured_stream_bandwidth(threads);
     std::map<std::string, std::unique_ptr<mue::Engine>> engines;
     json engines_json;
     for (const std::string& name : mue::apps::split(types_arg, ',')) {
@@ -100,9 +111,11 @@ int main(int argc, char** argv) {
                 static_cast<std::streamsize>(prepared.pixels.numel() * sizeof(float)));
       if (!out) throw mue::Error("cannot write " + pixels_out);
     }
+    json machine = mue::apps::machine_block(threads);
+    if (stream) machine["stream_bandwidth"] = stream_bandwidth;
     json ready = {
         {"ready", true},
-        {"machine", mue::apps::machine_block(threads)},
+        {"machine", machine},
         {"threads", threads},
         {"engines", engines_json},
         {"caption_prompt", first.caption_prompt()},
@@ -137,6 +150,7 @@ int main(int argc, char** argv) {
         mue::CallOptions call;
         call.exit_policy =
             mue::ExitPolicy::from_json(cmd.value("policy", json::object()), "policy");
+        call.decoder_split = cmd.value("split", false);
         if (cmd.contains("batch")) {  // throughput: one batch call over distinct images
           const size_t batch = cmd.at("batch");
           const size_t images = task == "ve" ? (batch + 3) / 4 : batch;  // VE: 4 queries an image
@@ -147,19 +161,32 @@ int main(int argc, char** argv) {
           }
           engine.clear_image_cache();
           auto t0 = std::chrono::steady_clock::now();
+          mue::StageSeconds first_sample;  // each sample carries the batch's time / batch
           if (task == "ve") {
             std::vector<mue::EntailmentQuery> queries;
             for (size_t q = 0; q < batch; ++q)
               queries.push_back({&pool[q / 4], premise, kHypotheses[q % 4]});
-            engine.entail(queries, call);
+            first_sample = engine.entail(queries, call).at(0).seconds;
           } else {
             std::vector<const mue::PreparedImage*> list;
             for (size_t q = 0; q < batch; ++q) list.push_back(&pool[q]);
-            engine.caption(list, call);
+            first_sample = engine.caption(list, call).at(0).seconds;
           }
           reply["seconds"] =
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           reply["images"] = images;
+          if (first_sample.decoder_split) {  // the whole batch's: per sample times the batch
+            const double n = static_cast<double>(batch);
+            json split = first_sample.decoder_split->to_json();
+            for (auto& [key, value] : split.items())
+              if (key != "steps") value = value.get<double>() * n;
+            reply["decoder_seconds"] = first_sample.decoder * n;
+            reply["decoder_split"] = split;
+            json stages = first_sample.to_json();
+            stages.erase("decoder_split");
+            for (auto& [key, value] : stages.items()) value = value.get<double>() * n;
+            reply["stages"] = stages;
+          }
           std::cout << reply.dump() << std::endl;
           continue;
         }

@@ -246,6 +246,12 @@ int main(int argc, char** argv) {
     const nlohmann::json machine = mue::apps::machine_block(mue::num_threads());
     benchmark::AddCustomContext("mue_machine", machine.dump());
     std::printf("machine: %s\n", mue::apps::machine_line(machine).c_str());
+    // What a weight-bound GEMM (the decoder's M = 1..80) can reach at best.
+    const nlohmann::json stream = mue::apps::measured_stream_bandwidth(mue::num_threads());
+    benchmark::AddCustomContext("mue_stream", stream.dump());
+    std::printf("stream bandwidth, %d threads, %.0f MB: read %.1f GB/s, triad %.1f GB/s\n",
+                stream.at("threads").get<int>(), stream.at("bytes").get<double>() * 1e-6,
+                stream.at("read_gbps").get<double>(), stream.at("triad_gbps").get<double>());
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -70,13 +70,33 @@ struct EngineOptions {
 struct CallOptions {
   std::optional<ExitPolicy> exit_policy;
   std::optional<GenerationSettings> generation;  // captioning only
+  // Also split the decoder's time by phase (StageSeconds::decoder_split), for profiling. The
+  // results are the same bits either way.
+  bool decoder_split = false;
+};
+
+// The decoder's wall-clock time by phase (CallOptions::decoder_split), in seconds per sample
+// as StageSeconds. The phases never overlap, and `rest` is the decoder's time outside them.
+struct DecoderSplit {
+  double gemm = 0;               // the decoder layers' linear layers: q/k/v/out projections, FFN
+  double cross_key_value = 0;    // the cross-attention K/V projections of the encoder output
+  double attention = 0;          // the attention kernel calls, self and cross
+  double output_projection = 0;  // the final LayerNorm and the tied projection to the vocabulary
+  // Captioning's beam search over each step's logits: log-softmax, n-gram ban, top-k, and the
+  // self-attention cache's reorder. Entailment: 0.
+  double search = 0;
+  double rest = 0;  // the decoder's time outside the above: embedding, LayerNorms, exits, ...
+  double output_projection_bytes = 0;  // weight bytes the output projection read
+  int64_t steps = 0;                   // decoder steps the call's batch ran (entailment: 1)
+  nlohmann::json to_json() const;
 };
 
 // Wall-clock seconds per stage. In a batch, each sample carries the batch's time divided by
 // the batch size.
 struct StageSeconds {
   double preprocess = 0, resnet = 0, image_stream = 0, text_stream = 0, decoder = 0, total = 0;
-  nlohmann::json to_json() const;
+  std::optional<DecoderSplit> decoder_split;  // set when the call asked for it
+  nlohmann::json to_json() const;             // "decoder_split" only when set
 };
 
 // Where each stack stopped. Layer counts are layers used (1..N).

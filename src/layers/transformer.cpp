@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/phase_timer.h"
+
 namespace mue {
 
 using kernels::Activation;
@@ -46,6 +48,7 @@ size_t DecoderLayer::weight_bytes() const {
 void multihead_attention(const float* q, const KeyValueView& kv, int64_t batch, int64_t tq,
                          const TransformerDims& dims, const AttentionMasking& masking,
                          const Tensor& c_attn, float* out) {
+  PhaseScope timed(Phase::kAttention);  // off unless a call asked for its decoder split
   int64_t d = dims.d_model, dh = dims.head_dim();
   kernels::AttentionArgs a;
   a.batch = batch;
@@ -87,9 +90,15 @@ void FeedForward::forward(const float* h, float* y, int64_t rows, Arena& arena) 
   float* normed = arena.floats(static_cast<size_t>(rows * d));
   final_layer_norm.forward(h, normed, rows);
   float* hidden = arena.floats(static_cast<size_t>(rows * f));
-  fc1.forward(normed, hidden, rows, Activation::kGelu);
+  {
+    PhaseScope gemm(Phase::kGemm);
+    fc1.forward(normed, hidden, rows, Activation::kGelu);
+  }
   if (has_ffn_layernorm) ffn_layernorm.forward(hidden, hidden, rows);
-  fc2.forward(hidden, y, rows);
+  {
+    PhaseScope gemm(Phase::kGemm);
+    fc2.forward(hidden, y, rows);
+  }
   for (int64_t i = 0; i < rows * d; ++i) y[i] += h[i];
 }
 
@@ -109,7 +118,10 @@ FeedForward load_ffn(WeightStore& w, const std::string& p, const TransformerDims
 // h = x + post_ln(out_proj(attn))
 void attention_output(const MultiheadAttention& mha, const LayerNorm* post_ln, const float* x,
                       const float* attn, float* h, int64_t rows) {
-  mha.out_proj.forward(attn, h, rows);
+  {
+    PhaseScope gemm(Phase::kGemm);
+    mha.out_proj.forward(attn, h, rows);
+  }
   if (post_ln) post_ln->forward(h, h, rows);
   int64_t n = rows * mha.out_proj.out;
   for (int64_t i = 0; i < n; ++i) h[i] += x[i];
@@ -166,6 +178,7 @@ DecoderLayer DecoderLayer::load(WeightStore& w, const std::string& p, const Tran
 void DecoderLayer::self_attention_qkv(const float* x, float* normed, float* q, float* k, float* v,
                                       int64_t rows) const {
   self_attn_layer_norm_.forward(x, normed, rows);
+  PhaseScope gemm(Phase::kGemm);
   self_attn_.q_proj.forward(normed, q, rows);
   self_attn_.k_proj.forward(normed, k, rows);
   self_attn_.v_proj.forward(normed, v, rows);
@@ -182,6 +195,7 @@ void DecoderLayer::self_attention_finish(const float* x, const float* q, const K
 
 void DecoderLayer::cross_attention_kv(const float* encoder_states, float* k, float* v,
                                       int64_t rows) const {
+  PhaseScope timed(Phase::kCrossKeyValue);
   encoder_attn_.k_proj.forward(encoder_states, k, rows);
   encoder_attn_.v_proj.forward(encoder_states, v, rows);
 }
@@ -195,7 +209,10 @@ void DecoderLayer::cross_attention(const float* h, const KeyValueView& kv, int64
   float* q = arena.floats(n);
   float* attn = arena.floats(n);
   encoder_attn_layer_norm_.forward(h, normed, rows);
-  encoder_attn_.q_proj.forward(normed, q, rows);
+  {
+    PhaseScope gemm(Phase::kGemm);
+    encoder_attn_.q_proj.forward(normed, q, rows);
+  }
   multihead_attention(q, kv, batch, tq, dims_, masking, encoder_attn_.c_attn, attn);
   attention_output(encoder_attn_, dims_.normformer ? &cross_attn_ln_ : nullptr, h, attn, h2, rows);
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/phase_timer.h"
 #include "kernels/kernels.h"
 #include "model/exit_loop.h"
 #include "model/ofa_model.h"
@@ -117,6 +118,10 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
   std::vector<int> used = run_with_exits(stack, std::move(groups), x, y, decoder_exit);
   if (decoder_layers) *decoder_layers = std::move(used);
 
+  count_phase_step();
+  // The final LayerNorm and the projection read the projection's weights once per pass.
+  PhaseScope projection(Phase::kOutputProjection,
+                        static_cast<double>(output_projection_.weight_bytes()));
   if (last_position_only) {
     // Scoring tasks need one position per sample: skip the vocabulary projection elsewhere.
     for (int64_t b = 0; b < batch; ++b)
@@ -302,6 +307,7 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
       float* kn = arena.floats(static_cast<size_t>(g.rows * d));
       float* vn = arena.floats(static_cast<size_t>(g.rows * d));
       float* ln = arena.floats(static_cast<size_t>(g.rows * d));
+      PhaseScope gemm(Phase::kGemm);
       for (int lj = li + 1; lj < layers; ++lj) {
         dec_layers_[lj].self_attn_layer_norm().forward(out_rows, ln, g.rows);
         dec_layers_[lj].self_attn().k_proj.forward(ln, kn, g.rows);
@@ -316,6 +322,9 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
   std::vector<int> used = run_with_exits(stack, std::move(groups), x, y, exit);
   if (group_layers) *group_layers = std::move(used);
   ++st.step;
+  count_phase_step();
+  PhaseScope projection(Phase::kOutputProjection,
+                        static_cast<double>(output_projection_.weight_bytes()));
   dec_layer_norm_.forward(final_h, final_h, rows);
   Tensor logits = Tensor::empty({rows, v});
   output_projection_.forward(final_h, logits.data<float>(), rows);

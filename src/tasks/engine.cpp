@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "core/arena.h"
+#include "core/phase_timer.h"
 #include "core/threads.h"
 #include "core/timing.h"
 #include "io/image.h"
@@ -132,9 +133,23 @@ class ImageEncodingCache {
   std::map<Key, std::list<Entry>::iterator> index_;
 };
 
+nlohmann::json DecoderSplit::to_json() const {
+  return {{"gemm", gemm},
+          {"cross_key_value", cross_key_value},
+          {"attention", attention},
+          {"output_projection", output_projection},
+          {"search", search},
+          {"rest", rest},
+          {"output_projection_bytes", output_projection_bytes},
+          {"steps", steps}};
+}
+
 nlohmann::json StageSeconds::to_json() const {
-  return {{"preprocess", preprocess},   {"resnet", resnet},   {"image_stream", image_stream},
-          {"text_stream", text_stream}, {"decoder", decoder}, {"total", total}};
+  nlohmann::json j = {{"preprocess", preprocess},     {"resnet", resnet},
+                      {"image_stream", image_stream}, {"text_stream", text_stream},
+                      {"decoder", decoder},           {"total", total}};
+  if (decoder_split) j["decoder_split"] = decoder_split->to_json();
+  return j;
 }
 
 double ExitStatistics::mean_decoder_layers() const {
@@ -203,6 +218,7 @@ struct Engine::Impl {
   struct Call {
     ExitPolicy policy;
     GenerationSettings generation;
+    bool decoder_split = false;
   };
   Call resolve(const CallOptions& call) const;
   void check_policy(const ExitPolicy& policy) const;
@@ -228,8 +244,10 @@ struct Engine::Impl {
   std::vector<int64_t> entailment_prompt(const std::string& premise,
                                          const std::string& hypothesis) const;
   std::string decode_tokens(const std::vector<int64_t>& tokens) const;
+  // `split`: the decoder's phases (null: not asked for).
   void fill_common(ExitStatistics& exits, StageSeconds& sec, const StageTimes& times,
-                   double decoder_seconds, int64_t batch, const PreparedImage& image) const;
+                   double decoder_seconds, const PhaseTimes* split, int64_t batch,
+                   const PreparedImage& image) const;
 };
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -334,7 +352,7 @@ void Engine::Impl::check_policy(const ExitPolicy& policy) const {
 
 Engine::Impl::Call Engine::Impl::resolve(const CallOptions& call) const {
   Call c{call.exit_policy ? *call.exit_policy : options.exit_policy,
-         call.generation ? *call.generation : generation};
+         call.generation ? *call.generation : generation, call.decoder_split};
   if (call.exit_policy) check_policy(c.policy);
   if (call.generation) c.generation.validate();
   return c;
@@ -506,7 +524,7 @@ Engine::Impl::EncodedBatch Engine::Impl::encode_batch(
 }
 
 void Engine::Impl::fill_common(ExitStatistics& exits, StageSeconds& sec, const StageTimes& times,
-                               double decoder_seconds, int64_t batch,
+                               double decoder_seconds, const PhaseTimes* split, int64_t batch,
                                const PreparedImage& image) const {
   exits.encoder_depth = model->num_encoder_layers();
   exits.decoder_depth = model->num_decoder_layers();
@@ -517,6 +535,20 @@ void Engine::Impl::fill_common(ExitStatistics& exits, StageSeconds& sec, const S
   sec.text_stream = times.text_stream * share;
   sec.decoder = decoder_seconds * share;
   sec.total = sec.preprocess + sec.resnet + sec.image_stream + sec.text_stream + sec.decoder;
+  if (split) {
+    DecoderSplit d;
+    const PhaseTimes& p = *split;
+    d.gemm = p[Phase::kGemm] * share;
+    d.cross_key_value = p[Phase::kCrossKeyValue] * share;
+    d.attention = p[Phase::kAttention] * share;
+    d.output_projection = p[Phase::kOutputProjection] * share;
+    d.search = p[Phase::kSearch] * share;
+    // Clock reads inside and around the phases may leave a few nanoseconds either way.
+    d.rest = std::max(0.0, decoder_seconds - p.sum()) * share;
+    d.output_projection_bytes = p.bytes_of(Phase::kOutputProjection) * share;
+    d.steps = p.steps;
+    sec.decoder_split = d;
+  }
 }
 
 void Engine::Impl::run_on_workers(const std::vector<std::function<void()>>& jobs) const {
@@ -532,10 +564,15 @@ std::vector<CaptionResult> Engine::Impl::caption_batch(
   std::vector<int64_t> prompt = caption_prompt();
   EncodedBatch eb = encode_batch(images, std::vector<std::vector<int64_t>>(images.size(), prompt),
                                  call.policy, *arena);
-  Stopwatch watch;
-  std::vector<GenerationResult> gen =
-      beam_search(*model, eb.enc, call.generation, ExitController(call.policy), arena.get());
-  double decoder_seconds = watch.lap();
+  PhaseTimes split;
+  std::vector<GenerationResult> gen;
+  double decoder_seconds;
+  {
+    PhaseTimesScope phases(call.decoder_split ? &split : nullptr);
+    Stopwatch watch;
+    gen = beam_search(*model, eb.enc, call.generation, ExitController(call.policy), arena.get());
+    decoder_seconds = watch.lap();
+  }
   std::vector<CaptionResult> out(images.size());
   for (size_t i = 0; i < images.size(); ++i) {
     CaptionResult& r = out[i];
@@ -547,7 +584,8 @@ std::vector<CaptionResult> Engine::Impl::caption_batch(
     r.exits.text_layers = eb.enc.text_layers[i];
     r.exits.decoder_layers = gen[i].decoder_layers;
     r.exits.image_reused = eb.reused[i];
-    fill_common(r.exits, r.seconds, eb.times, decoder_seconds, static_cast<int64_t>(images.size()),
+    fill_common(r.exits, r.seconds, eb.times, decoder_seconds,
+                call.decoder_split ? &split : nullptr, static_cast<int64_t>(images.size()),
                 *images[i]);
   }
   return out;
@@ -576,14 +614,20 @@ std::vector<EntailmentResult> Engine::Impl::entail_batch(
 
   // Entailment is one non-incremental pass: the static decoder threshold applies (spec 1.4).
   ExitController ctl(call.policy);
-  Stopwatch watch;
   std::vector<int> dec_layers;
   // A confidence rule reads the three answers' probabilities, as the full-depth head below.
   const std::vector<int64_t> answers(answer_ids.begin(), answer_ids.end());
-  Tensor logits = model->decode_full(eb.enc, prev,
-                                     ctl.decision(ExitStack::kDecoder, model->num_decoder_layers()),
-                                     &dec_layers, true, arena.get(), &answers);
-  double decoder_seconds = watch.lap();
+  PhaseTimes split;
+  Tensor logits;
+  double decoder_seconds;
+  {
+    PhaseTimesScope phases(call.decoder_split ? &split : nullptr);
+    Stopwatch watch;
+    logits = model->decode_full(eb.enc, prev,
+                                ctl.decision(ExitStack::kDecoder, model->num_decoder_layers()),
+                                &dec_layers, true, arena.get(), &answers);
+    decoder_seconds = watch.lap();
+  }
 
   std::vector<EntailmentResult> out(queries.size());
   int64_t v = cfg.vocab_size;
@@ -603,7 +647,8 @@ std::vector<EntailmentResult> Engine::Impl::entail_batch(
     r.exits.text_layers = eb.enc.text_layers[b];
     r.exits.decoder_layers = {dec_layers[b]};
     r.exits.image_reused = eb.reused[b];
-    fill_common(r.exits, r.seconds, eb.times, decoder_seconds, batch, *queries[b].image);
+    fill_common(r.exits, r.seconds, eb.times, decoder_seconds,
+                call.decoder_split ? &split : nullptr, batch, *queries[b].image);
   }
   return out;
 }

@@ -6,6 +6,8 @@
 #include <map>
 #include <numeric>
 
+#include "core/phase_timer.h"
+
 namespace mue {
 namespace {
 
@@ -36,6 +38,49 @@ void block_repeated_ngrams(const std::vector<int64_t>& seq, int n, std::vector<f
       }
     if (match) lprobs[seq[start + n - 1]] = kNegInf;
   }
+}
+
+// One beam's best `wanted` continuations of a step: log-softmax of its logits `row`, the bans
+// (pad, min/max length, repeated n-grams), then the best by ranks_before, in heap order.
+std::vector<Candidate> beam_candidates(const float* row, int64_t vocab, int64_t beam_index,
+                                       double beam_score, const std::vector<int64_t>& generated,
+                                       int step, const GenerationSettings& opt,
+                                       const ModelConfig& cfg, size_t wanted) {
+  thread_local std::vector<float> lprobs;  // one per thread: beams run in parallel
+  lprobs.resize(static_cast<size_t>(vocab));
+  const int64_t eos = cfg.eos_id;
+  float mx = *std::max_element(row, row + vocab);
+  double sum = 0;
+  // fp32 exponentials (as torch's log_softmax), accumulated in double.
+  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - mx);
+  float lse = mx + static_cast<float>(std::log(sum));
+  for (int64_t v = 0; v < vocab; ++v) lprobs[v] = row[v] - lse;
+  lprobs[cfg.pad_id] = kNegInf;
+  if (step >= opt.max_len) {
+    for (int64_t v = 0; v < vocab; ++v)
+      if (v != eos) lprobs[v] = kNegInf;
+  } else if (step < opt.min_len) {
+    lprobs[eos] = kNegInf;
+  }
+  std::vector<int64_t> seq{cfg.bos_id};
+  seq.insert(seq.end(), generated.begin(), generated.end());
+  block_repeated_ngrams(seq, opt.no_repeat_ngram_size, lprobs);
+  // The overall top 2*beam lie among each beam's own top 2*beam: keep those in a bounded heap
+  // (its front is the worst kept) instead of sorting the whole vocabulary.
+  std::vector<Candidate> best;
+  for (int64_t v = 0; v < vocab; ++v) {
+    if (lprobs[v] == kNegInf) continue;
+    Candidate c{beam_score + lprobs[v], beam_index, v};
+    if (best.size() < wanted) {
+      best.push_back(c);
+      std::push_heap(best.begin(), best.end(), ranks_before);
+    } else if (ranks_before(c, best.front())) {
+      std::pop_heap(best.begin(), best.end(), ranks_before);
+      best.back() = c;
+      std::push_heap(best.begin(), best.end(), ranks_before);
+    }
+  }
+  return best;
 }
 
 }  // namespace
@@ -69,7 +114,7 @@ std::vector<GenerationResult> beam_search(const OfaModel& model, const EncoderOu
   opt.validate();
   const ModelConfig& cfg = model.config();
   const int64_t beam = opt.beam_size, vocab = cfg.vocab_size, batch = enc.batch;
-  const int64_t eos = cfg.eos_id, pad = cfg.pad_id, bos = cfg.bos_id;
+  const int64_t eos = cfg.eos_id, bos = cfg.bos_id;
   const int layers = model.num_decoder_layers();
   DecoderState st = model.start_decoding(enc, beam, opt.max_len + 1);
 
@@ -81,7 +126,6 @@ std::vector<GenerationResult> beam_search(const OfaModel& model, const EncoderOu
       static_cast<size_t>(batch), std::vector<std::vector<int64_t>>(static_cast<size_t>(beam)));
   std::vector<std::vector<double>> scores(static_cast<size_t>(batch),
                                           std::vector<double>(static_cast<size_t>(beam), 0.0));
-  std::vector<float> lprobs(static_cast<size_t>(vocab));
   const size_t wanted = static_cast<size_t>(2 * beam);
 
   for (int step = 0; step <= opt.max_len && !active.empty(); ++step) {
@@ -92,46 +136,38 @@ std::vector<GenerationResult> beam_search(const OfaModel& model, const EncoderOu
     Tensor logits =
         model.decode_step(st, input, exits.decision(ExitStack::kDecoder, layers, step, opt.max_len),
                           exits.policy().skipped_layer_cache, &group_layers, arena);
+    // The rest of the step, the beams' reorder of the self-attention cache included.
+    PhaseScope search(Phase::kSearch);
+
+    // Each beam's own candidates, row by row: independent, so the rows run in parallel (the
+    // same bits at any thread count) and are merged per sample below, in beam order.
+    const int64_t beams_here = step == 0 ? 1 : beam;  // all beams start identical: use the first
+    const int64_t rows_here = static_cast<int64_t>(active.size()) * beams_here;
+    std::vector<std::vector<Candidate>> row_best(static_cast<size_t>(rows_here));
+    const float* all_logits = logits.data<float>();
+    bool failed = false;  // exceptions may not leave an OpenMP region
+#pragma omp parallel for schedule(dynamic, 1) if (rows_here > 1 && vocab >= 4096)
+    for (int64_t i = 0; i < rows_here; ++i) {
+      const int64_t g = i / beams_here, b = i % beams_here, s = active[static_cast<size_t>(g)];
+      try {
+        row_best[static_cast<size_t>(i)] =
+            beam_candidates(all_logits + (g * beam + b) * vocab, vocab, b, scores[s][b],
+                            tokens[s][b], step, opt, cfg, wanted);
+      } catch (...) {
+#pragma omp atomic write
+        failed = true;
+      }
+    }
+    if (failed) throw Error("beam search: out of memory while ranking the candidates");
 
     std::vector<int64_t> next_active, src_rows;
     for (size_t g = 0; g < active.size(); ++g) {
       int64_t s = active[g];
       results[s].decoder_layers.push_back(group_layers[g]);
       std::vector<Candidate> cands;
-      int64_t beams_here = step == 0 ? 1 : beam;  // all beams start identical: use the first
       for (int64_t b = 0; b < beams_here; ++b) {
-        const float* row = logits.data<float>() + (static_cast<int64_t>(g) * beam + b) * vocab;
-        float mx = *std::max_element(row, row + vocab);
-        double sum = 0;
-        // fp32 exponentials (as torch's log_softmax), accumulated in double.
-        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - mx);
-        float lse = mx + static_cast<float>(std::log(sum));
-        for (int64_t v = 0; v < vocab; ++v) lprobs[v] = row[v] - lse;
-        lprobs[pad] = kNegInf;
-        if (step >= opt.max_len) {
-          for (int64_t v = 0; v < vocab; ++v)
-            if (v != eos) lprobs[v] = kNegInf;
-        } else if (step < opt.min_len) {
-          lprobs[eos] = kNegInf;
-        }
-        std::vector<int64_t> seq{bos};
-        seq.insert(seq.end(), tokens[s][b].begin(), tokens[s][b].end());
-        block_repeated_ngrams(seq, opt.no_repeat_ngram_size, lprobs);
-        // The overall top 2*beam lie among each beam's own top 2*beam: keep those in a
-        // bounded heap (its front is the worst kept) instead of sorting the whole vocabulary.
-        std::vector<Candidate> best;
-        for (int64_t v = 0; v < vocab; ++v) {
-          if (lprobs[v] == kNegInf) continue;
-          Candidate c{scores[s][b] + lprobs[v], b, v};
-          if (best.size() < wanted) {
-            best.push_back(c);
-            std::push_heap(best.begin(), best.end(), ranks_before);
-          } else if (ranks_before(c, best.front())) {
-            std::pop_heap(best.begin(), best.end(), ranks_before);
-            best.back() = c;
-            std::push_heap(best.begin(), best.end(), ranks_before);
-          }
-        }
+        const std::vector<Candidate>& best =
+            row_best[g * static_cast<size_t>(beams_here) + static_cast<size_t>(b)];
         cands.insert(cands.end(), best.begin(), best.end());
       }
       // Top 2*beam candidates, best first; ties keep the lower (beam, token).

@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "mue/runtime.h"
@@ -75,7 +79,76 @@ double matmul_gflops(ComputeType type) {
   return 2.0 * static_cast<double>(n * n * n) / best * 1e-9;
 }
 
+// Runs body(part) for parts 0..threads-1 on that many threads; the seconds until all end.
+template <typename Body>
+double timed_parts(int threads, Body body) {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point start = Clock::now();
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(body, t);
+  for (std::thread& t : pool) t.join();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
 }  // namespace
+
+nlohmann::json measured_stream_bandwidth(int threads, size_t bytes, int passes) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, size_t, int>, nlohmann::json> measured;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(threads, bytes, passes);
+  if (measured.count(key)) return measured[key];
+  threads = std::max(1, threads);
+  passes = std::max(1, passes);
+  // Integers for the read: their sum vectorises without reassociating floats.
+  const size_t n = bytes / sizeof(uint32_t) / 3 * 3;
+  std::unique_ptr<uint32_t[]> buffer(new uint32_t[n]);  // uninitialised: touched below
+  auto part = [&](size_t count, int t) {
+    return std::pair<size_t, size_t>(count * t / threads, count * (t + 1) / threads);
+  };
+  // First touch on the threads that read it, as the engine's threads touch their tensors.
+  timed_parts(threads, [&](int t) {
+    auto [begin, end] = part(n, t);
+    for (size_t i = begin; i < end; ++i) buffer[i] = static_cast<uint32_t>(i);
+  });
+  std::vector<uint32_t> sums(static_cast<size_t>(threads));
+  double best_read = 1e30;
+  for (int p = 0; p < passes; ++p)
+    best_read = std::min(best_read, timed_parts(threads, [&](int t) {
+                           auto [begin, end] = part(n, t);
+                           uint32_t sum = 0;
+                           for (size_t i = begin; i < end; ++i) sum += buffer[i];
+                           sums[static_cast<size_t>(t)] = sum;  // keeps the loop
+                         }));
+  // Triad over three thirds of the same buffer, as floats.
+  float* a = reinterpret_cast<float*>(buffer.get());
+  const size_t third = n / 3;
+  const float* b = a + third;
+  const float* c = a + 2 * third;
+  timed_parts(threads, [&](int t) {  // small finite floats, so no denormal slows the triad
+    auto [begin, end] = part(n, t);
+    for (size_t i = begin; i < end; ++i) a[i] = static_cast<float>(i % 1024);
+  });
+  double best_triad = 1e30;
+  for (int p = 0; p < passes; ++p)
+    best_triad = std::min(best_triad, timed_parts(threads, [&](int t) {
+                            auto [begin, end] = part(third, t);
+                            for (size_t i = begin; i < end; ++i) a[i] = b[i] + 0.5f * c[i];
+                          }));
+  static volatile uint32_t kept;  // the sums are used, so the reads cannot be left out
+  for (uint32_t s : sums) kept = kept + s;
+  nlohmann::json result = {
+      {"read_gbps", static_cast<double>(n * sizeof(uint32_t)) / best_read * 1e-9},
+      {"triad_gbps", static_cast<double>(3 * third * sizeof(float)) / best_triad * 1e-9},
+      {"bytes", n * sizeof(uint32_t)},
+      {"threads", threads},
+      {"passes", passes},
+      {"note",
+       "read: a sum over the buffer; triad: a = b + s c over its thirds, 12 bytes an element "
+       "(STREAM's count, the store's read-for-ownership not counted); best of the passes"}};
+  measured[key] = result;
+  return result;
+}
 
 double measured_matmul_gflops(ComputeType type, int threads) {
   const int previous = num_threads();

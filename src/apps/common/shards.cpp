@@ -35,7 +35,8 @@ Outcome outcome_from(const json& j) {
   o.exits.decoder_layers = j.at("d").get<std::vector<int>>();
   const json& s = j.at("s");
   o.stages = {s.at(0).get<double>(), s.at(1).get<double>(), s.at(2).get<double>(),
-              s.at(3).get<double>(), s.at(4).get<double>(), s.at(5).get<double>()};
+              s.at(3).get<double>(), s.at(4).get<double>(), s.at(5).get<double>(),
+              std::nullopt};  // shards carry no decoder split
   o.seconds = j.at("t").get<double>();
   return o;
 }
