@@ -299,10 +299,10 @@ TEST_P(ComputeTypeParity, DefaultModelLogitsStayCloseToF32) {
                       GetParam());
 }
 
-TEST_P(ComputeTypeParity, RandomTinyModelLogitsStayCloseToF32) {
-  SKIP_UNLESS_SUPPORTED(GetParam());
+// A random OFA-tiny (decomposed) at `size` x `size`, teacher-forced on a COCO image.
+void expect_random_tiny_close_to_f32(const std::string& name, int64_t size, ComputeType type) {
   std::string why;
-  const fs::path dir = random_engine_model("tiny_decomposed_64", "tiny", "decomposed", 64, &why);
+  const fs::path dir = random_engine_model(name, "tiny", "decomposed", size, &why);
   if (dir.empty()) GTEST_SKIP() << why;
   if (coco_image(0).empty()) GTEST_SKIP() << "no COCO images under " << shared_dir();
   EngineOptions opt;
@@ -310,26 +310,21 @@ TEST_P(ComputeTypeParity, RandomTinyModelLogitsStayCloseToF32) {
   auto engine = Engine::load(dir.string(), opt);
   PreparedImage image = engine->prepare_image(coco_image(2).string());
   Tensor images = image.pixels.reshape({1, image.pixels.dim(0), image.pixels.dim(1), 3});
-  expect_close_to_f32(dir, images, engine->caption_prompt(), GetParam());
+  expect_close_to_f32(dir, images, engine->caption_prompt(), type);
+}
+
+TEST_P(ComputeTypeParity, RandomTinyModelLogitsStayCloseToF32) {
+  SKIP_UNLESS_SUPPORTED(GetParam());
+  expect_random_tiny_close_to_f32("tiny_decomposed_64", 64, GetParam());
 }
 
 // At 256x256, 256 image tokens: the image stream's attention takes the bf16 products (with the
 // position bias folded into Q K^T) where the CPU has native bf16 (kernels::attention_uses_bf16).
 TEST_P(ComputeTypeParity, RandomTinyModelWithBf16AttentionStaysCloseToF32) {
   SKIP_UNLESS_SUPPORTED(GetParam());
-  std::string why;
-  const fs::path dir =
-      random_engine_model("tiny_decomposed_256", "tiny", "decomposed", 256, &why);
-  if (dir.empty()) GTEST_SKIP() << why;
-  if (coco_image(0).empty()) GTEST_SKIP() << "no COCO images under " << shared_dir();
   std::cout << "bf16 attention products: "
             << (kernels::attention_uses_bf16(256, 256) ? "yes" : "no (fp32 on this CPU)") << "\n";
-  EngineOptions opt;
-  opt.threads = 2;
-  auto engine = Engine::load(dir.string(), opt);
-  PreparedImage image = engine->prepare_image(coco_image(2).string());
-  Tensor images = image.pixels.reshape({1, image.pixels.dim(0), image.pixels.dim(1), 3});
-  expect_close_to_f32(dir, images, engine->caption_prompt(), GetParam());
+  expect_random_tiny_close_to_f32("tiny_decomposed_256", 256, GetParam());
 }
 
 // The default model's fixture pairs (12) at full depth and at fixed exits 2/3/2: labels agree
