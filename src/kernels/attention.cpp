@@ -44,11 +44,10 @@ struct Bf16ProductKey {
 struct Bf16ProductKeyHash {
   size_t operator()(const Bf16ProductKey& key) const {
     size_t h = std::hash<int64_t>()(key.m);
-    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); };
-    mix(std::hash<int64_t>()(key.n));
-    mix(std::hash<int64_t>()(key.k));
-    mix(std::hash<int64_t>()(key.ld_dst));
-    mix(key.scores);
+    detail::hash_mix(h, std::hash<int64_t>()(key.n));
+    detail::hash_mix(h, std::hash<int64_t>()(key.k));
+    detail::hash_mix(h, std::hash<int64_t>()(key.ld_dst));
+    detail::hash_mix(h, key.scores);
     return h;
   }
 };

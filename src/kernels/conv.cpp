@@ -36,13 +36,12 @@ struct ConvKey {
 struct ConvKeyHash {
   size_t operator()(const ConvKey& key) const {
     size_t h = std::hash<int64_t>()(key.n);
-    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); };
-    mix(std::hash<int64_t>()(key.h));
-    mix(std::hash<int64_t>()(key.w));
-    mix(key.residual);
-    mix(static_cast<size_t>(key.act));
-    mix(static_cast<size_t>(key.threads));
-    mix(key.dst_bf16);
+    detail::hash_mix(h, std::hash<int64_t>()(key.h));
+    detail::hash_mix(h, std::hash<int64_t>()(key.w));
+    detail::hash_mix(h, key.residual);
+    detail::hash_mix(h, static_cast<size_t>(key.act));
+    detail::hash_mix(h, static_cast<size_t>(key.threads));
+    detail::hash_mix(h, key.dst_bf16);
     return h;
   }
 };

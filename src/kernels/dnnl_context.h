@@ -75,6 +75,9 @@ inline void* thread_buffer(int slot, size_t bytes) {
   return buffers[slot].get(bytes);
 }
 
+// Folds v into the hash h (boost's hash_combine), for the primitive caches' keys.
+inline void hash_mix(size_t& h, size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); }
+
 // oneDNN primitives may be tuned to the thread count they were created under, so caches key on it.
 inline int current_threads() { return omp_get_max_threads(); }
 

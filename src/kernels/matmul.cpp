@@ -37,14 +37,13 @@ struct LinearKey {
 struct LinearKeyHash {
   size_t operator()(const LinearKey& key) const {
     size_t h = std::hash<int64_t>()(key.m);
-    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); };
-    mix(std::hash<int64_t>()(key.n));
-    mix(std::hash<int64_t>()(key.k));
-    mix(key.has_bias);
-    mix(static_cast<size_t>(key.act));
-    mix(static_cast<size_t>(key.threads));
-    mix(key.packed);
-    mix(static_cast<size_t>(key.type));
+    detail::hash_mix(h, std::hash<int64_t>()(key.n));
+    detail::hash_mix(h, std::hash<int64_t>()(key.k));
+    detail::hash_mix(h, key.has_bias);
+    detail::hash_mix(h, static_cast<size_t>(key.act));
+    detail::hash_mix(h, static_cast<size_t>(key.threads));
+    detail::hash_mix(h, key.packed);
+    detail::hash_mix(h, static_cast<size_t>(key.type));
     return h;
   }
 };
