@@ -1,5 +1,7 @@
 #include "layers/basic.h"
 
+#include <algorithm>
+
 namespace mue {
 
 Linear Linear::load(WeightStore& w, const std::string& prefix, int64_t out, int64_t in,
@@ -11,6 +13,24 @@ Linear Linear::load(WeightStore& w, const std::string& prefix, int64_t out, int6
   const Tensor bias = with_bias ? w.get(prefix + ".bias", {out}) : Tensor();
   l.packed = std::make_shared<kernels::PackedLinear>(
       weight.data<float>(), with_bias ? bias.data<float>() : nullptr, out, in, type);
+  return l;
+}
+
+Linear Linear::load_stacked(WeightStore& w, const std::vector<std::string>& prefixes, int64_t out,
+                            int64_t in, ComputeType type) {
+  const int64_t parts = static_cast<int64_t>(prefixes.size());
+  Linear l;
+  l.out = parts * out;
+  l.in = in;
+  // A load-time copy only: the packed layer below is what stays resident.
+  std::vector<float> weight(static_cast<size_t>(l.out * in)), bias(static_cast<size_t>(l.out));
+  for (int64_t p = 0; p < parts; ++p) {
+    const Tensor wp = w.get(prefixes[p] + ".weight", {out, in});
+    const Tensor bp = w.get(prefixes[p] + ".bias", {out});
+    std::copy_n(wp.data<float>(), out * in, weight.data() + p * out * in);
+    std::copy_n(bp.data<float>(), out, bias.data() + p * out);
+  }
+  l.packed = std::make_shared<kernels::PackedLinear>(weight.data(), bias.data(), l.out, in, type);
   return l;
 }
 

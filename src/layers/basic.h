@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "io/weights.h"
 #include "kernels/kernels.h"
@@ -21,6 +22,11 @@ struct Linear {
 
   static Linear load(WeightStore& w, const std::string& prefix, int64_t out, int64_t in,
                      bool with_bias = true, ComputeType type = ComputeType::kF32);
+  // Several [out, in] linears of one input stacked into one [parts * out, in] (q, k and v): one
+  // GEMM, and under int8 one quantisation of the input, where there were `parts`. Output rows
+  // are [part 0 | part 1 | ...], each `out` wide.
+  static Linear load_stacked(WeightStore& w, const std::vector<std::string>& prefixes, int64_t out,
+                             int64_t in, ComputeType type = ComputeType::kF32);
   // y[rows, out] = act(x[rows, in] W^T + b)
   void forward(const float* x, float* y, int64_t rows,
                kernels::Activation act = kernels::Activation::kNone) const;

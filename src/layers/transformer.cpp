@@ -12,10 +12,21 @@ float TransformerDims::scaling() const {
   return 1.f / std::sqrt(static_cast<float>(head_dim()) * attn_scale_factor);
 }
 
-MultiheadAttention MultiheadAttention::load(WeightStore& w, const std::string& prefix,
-                                            const TransformerDims& dims) {
+MultiheadAttention MultiheadAttention::load_self(WeightStore& w, const std::string& prefix,
+                                                 const TransformerDims& dims) {
   MultiheadAttention a;
-  int64_t d = dims.d_model;
+  const int64_t d = dims.d_model;
+  a.qkv_proj = Linear::load_stacked(w, {prefix + ".q_proj", prefix + ".k_proj", prefix + ".v_proj"},
+                                    d, d, dims.compute_type);
+  a.out_proj = Linear::load(w, prefix + ".out_proj", d, d, true, dims.compute_type);
+  if (dims.normformer) a.c_attn = w.get(prefix + ".c_attn", {dims.heads});
+  return a;
+}
+
+MultiheadAttention MultiheadAttention::load_cross(WeightStore& w, const std::string& prefix,
+                                                  const TransformerDims& dims) {
+  MultiheadAttention a;
+  const int64_t d = dims.d_model;
   a.q_proj = Linear::load(w, prefix + ".q_proj", d, d, true, dims.compute_type);
   a.k_proj = Linear::load(w, prefix + ".k_proj", d, d, true, dims.compute_type);
   a.v_proj = Linear::load(w, prefix + ".v_proj", d, d, true, dims.compute_type);
@@ -25,8 +36,8 @@ MultiheadAttention MultiheadAttention::load(WeightStore& w, const std::string& p
 }
 
 size_t MultiheadAttention::weight_bytes() const {
-  return q_proj.weight_bytes() + k_proj.weight_bytes() + v_proj.weight_bytes() +
-         out_proj.weight_bytes() + held_bytes(c_attn);
+  return qkv_proj.weight_bytes() + q_proj.weight_bytes() + k_proj.weight_bytes() +
+         v_proj.weight_bytes() + out_proj.weight_bytes() + held_bytes(c_attn);
 }
 
 size_t FeedForward::weight_bytes() const {
@@ -45,9 +56,9 @@ size_t DecoderLayer::weight_bytes() const {
          self_attn_.weight_bytes() + encoder_attn_.weight_bytes() + ffn_.weight_bytes();
 }
 
-void multihead_attention(const float* q, const KeyValueView& kv, int64_t batch, int64_t tq,
-                         const TransformerDims& dims, const AttentionMasking& masking,
-                         const Tensor& c_attn, float* out) {
+void multihead_attention(const float* q, int64_t q_row_stride, const KeyValueView& kv,
+                         int64_t batch, int64_t tq, const TransformerDims& dims,
+                         const AttentionMasking& masking, const Tensor& c_attn, float* out) {
   PhaseScope timed(Phase::kAttention);  // off unless a call asked for its decoder split
   int64_t d = dims.d_model, dh = dims.head_dim();
   kernels::AttentionArgs a;
@@ -58,9 +69,9 @@ void multihead_attention(const float* q, const KeyValueView& kv, int64_t batch, 
   a.head_dim = dh;
   a.scale = dims.scaling();
   a.q = q;
-  a.q_batch_stride = tq * d;
+  a.q_batch_stride = tq * q_row_stride;
   a.q_head_stride = dh;
-  a.q_row_stride = d;
+  a.q_row_stride = q_row_stride;
   a.k = kv.k;
   a.v = kv.v;
   a.k_batch_stride = a.v_batch_stride = kv.batch_stride;
@@ -133,7 +144,7 @@ EncoderLayer EncoderLayer::load(WeightStore& w, const std::string& p, const Tran
   EncoderLayer l;
   l.dims_ = dims;
   l.self_attn_layer_norm_ = LayerNorm::load(w, p + ".self_attn_layer_norm", dims.d_model, dims.eps);
-  l.self_attn_ = MultiheadAttention::load(w, p + ".self_attn", dims);
+  l.self_attn_ = MultiheadAttention::load_self(w, p + ".self_attn", dims);
   if (dims.normformer) l.attn_ln_ = LayerNorm::load(w, p + ".attn_ln", dims.d_model, dims.eps);
   l.ffn_ = load_ffn(w, p, dims);
   return l;
@@ -144,17 +155,13 @@ void EncoderLayer::forward(const float* x, float* y, int64_t batch, int64_t t,
   int64_t rows = batch * t, d = dims_.d_model;
   size_t n = static_cast<size_t>(rows * d);
   float* normed = arena.floats(n);
-  float* q = arena.floats(n);
-  float* k = arena.floats(n);
-  float* v = arena.floats(n);
+  float* qkv = arena.floats(3 * n);
   float* attn = arena.floats(n);
   float* h = arena.floats(n);
   self_attn_layer_norm_.forward(x, normed, rows);
-  self_attn_.q_proj.forward(normed, q, rows);
-  self_attn_.k_proj.forward(normed, k, rows);
-  self_attn_.v_proj.forward(normed, v, rows);
-  KeyValueView kv{k, v, t * d, dims_.head_dim(), d, t};
-  multihead_attention(q, kv, batch, t, dims_, masking, self_attn_.c_attn, attn);
+  self_attn_.qkv_proj.forward(normed, qkv, rows);
+  KeyValueView kv{qkv + d, qkv + 2 * d, t * 3 * d, dims_.head_dim(), 3 * d, t};
+  multihead_attention(qkv, 3 * d, kv, batch, t, dims_, masking, self_attn_.c_attn, attn);
   attention_output(self_attn_, dims_.normformer ? &attn_ln_ : nullptr, x, attn, h, rows);
   ffn_.forward(h, y, rows, arena);
 }
@@ -164,9 +171,9 @@ DecoderLayer DecoderLayer::load(WeightStore& w, const std::string& p, const Tran
   l.dims_ = dims;
   int64_t d = dims.d_model;
   l.self_attn_layer_norm_ = LayerNorm::load(w, p + ".self_attn_layer_norm", d, dims.eps);
-  l.self_attn_ = MultiheadAttention::load(w, p + ".self_attn", dims);
+  l.self_attn_ = MultiheadAttention::load_self(w, p + ".self_attn", dims);
   l.encoder_attn_layer_norm_ = LayerNorm::load(w, p + ".encoder_attn_layer_norm", d, dims.eps);
-  l.encoder_attn_ = MultiheadAttention::load(w, p + ".encoder_attn", dims);
+  l.encoder_attn_ = MultiheadAttention::load_cross(w, p + ".encoder_attn", dims);
   if (dims.normformer) {
     l.self_attn_ln_ = LayerNorm::load(w, p + ".self_attn_ln", d, dims.eps);
     l.cross_attn_ln_ = LayerNorm::load(w, p + ".cross_attn_ln", d, dims.eps);
@@ -175,21 +182,20 @@ DecoderLayer DecoderLayer::load(WeightStore& w, const std::string& p, const Tran
   return l;
 }
 
-void DecoderLayer::self_attention_qkv(const float* x, float* normed, float* q, float* k, float* v,
+void DecoderLayer::self_attention_qkv(const float* x, float* normed, float* qkv,
                                       int64_t rows) const {
   self_attn_layer_norm_.forward(x, normed, rows);
   PhaseScope gemm(Phase::kGemm);
-  self_attn_.q_proj.forward(normed, q, rows);
-  self_attn_.k_proj.forward(normed, k, rows);
-  self_attn_.v_proj.forward(normed, v, rows);
+  self_attn_.qkv_proj.forward(normed, qkv, rows);
 }
 
-void DecoderLayer::self_attention_finish(const float* x, const float* q, const KeyValueView& kv,
-                                         int64_t batch, int64_t tq, const AttentionMasking& masking,
-                                         float* h, Arena& arena) const {
+void DecoderLayer::self_attention_finish(const float* x, const float* q, int64_t q_row_stride,
+                                         const KeyValueView& kv, int64_t batch, int64_t tq,
+                                         const AttentionMasking& masking, float* h,
+                                         Arena& arena) const {
   int64_t rows = batch * tq;
   float* attn = arena.floats(static_cast<size_t>(rows * dims_.d_model));
-  multihead_attention(q, kv, batch, tq, dims_, masking, self_attn_.c_attn, attn);
+  multihead_attention(q, q_row_stride, kv, batch, tq, dims_, masking, self_attn_.c_attn, attn);
   attention_output(self_attn_, dims_.normformer ? &self_attn_ln_ : nullptr, x, attn, h, rows);
 }
 
@@ -213,7 +219,7 @@ void DecoderLayer::cross_attention(const float* h, const KeyValueView& kv, int64
     PhaseScope gemm(Phase::kGemm);
     encoder_attn_.q_proj.forward(normed, q, rows);
   }
-  multihead_attention(q, kv, batch, tq, dims_, masking, encoder_attn_.c_attn, attn);
+  multihead_attention(q, dims_.d_model, kv, batch, tq, dims_, masking, encoder_attn_.c_attn, attn);
   attention_output(encoder_attn_, dims_.normformer ? &cross_attn_ln_ : nullptr, h, attn, h2, rows);
 }
 

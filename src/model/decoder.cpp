@@ -17,12 +17,10 @@ namespace {
 struct LayerScratch {
   LayerScratch(Arena& arena, size_t n)
       : normed(arena.floats(n)),
-        q(arena.floats(n)),
-        k(arena.floats(n)),
-        v(arena.floats(n)),
+        qkv(arena.floats(3 * n)),
         h1(arena.floats(n)),
         h2(arena.floats(n)) {}
-  float *normed, *q, *k, *v, *h1, *h2;
+  float *normed, *qkv, *h1, *h2;  // qkv: rows [q | k | v], 3 d wide
 };
 
 }  // namespace
@@ -80,14 +78,13 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
     const int64_t nb = static_cast<int64_t>(active.size());
     std::memcpy(self_bias, self_abs.data(), self_abs.size() * sizeof(float));
     add_text_rel_bias(dec_token_rel_[li], t, self_bias, t, 0, 0, t);
-    layer.self_attention_qkv(in, buf.normed, buf.q, buf.k, buf.v, rows);
+    layer.self_attention_qkv(in, buf.normed, buf.qkv, rows);
     AttentionMasking self_mask;
     self_mask.bias = self_bias;
     self_mask.bias_row_stride = t;
     self_mask.causal = true;
-    layer.self_attention_finish(in, buf.q,
-                                KeyValueView{buf.k, buf.v, t * d, dims_.head_dim(), d, t}, nb, t,
-                                self_mask, buf.h1, arena);
+    const KeyValueView self_kv{buf.qkv + d, buf.qkv + 2 * d, t * 3 * d, dims_.head_dim(), 3 * d, t};
+    layer.self_attention_finish(in, buf.qkv, 3 * d, self_kv, nb, t, self_mask, buf.h1, arena);
     // Cross K/V only for the samples still running: exited samples cost nothing deeper.
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t s = active[i].id;
@@ -269,19 +266,19 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
     const DecoderLayer& layer = dec_layers_[li];
     self_bias = self_abs;
     add_text_rel_bias(dec_token_rel_[li], t1, self_bias.data(), t1, 0, 0, 1);
-    layer.self_attention_qkv(in, buf.normed, buf.q, buf.k, buf.v, active_rows);
+    layer.self_attention_qkv(in, buf.normed, buf.qkv, active_rows);
     for (const ExitGroup& g : active) {
       const int64_t first_row = group_first_row[g.id], sample = group_sample[g.id];
-      st.self.append(li, first_row, g.rows, buf.k + g.offset * d, buf.v + g.offset * d, d);
+      const float* qkv = buf.qkv + g.offset * 3 * d;
+      st.self.append(li, first_row, g.rows, qkv + d, qkv + 2 * d, 3 * d);
       const int64_t tk = st.self.filled(li, first_row);
       // A shorter cache (layers skipped at earlier steps, `reference` mode) takes the bias of
       // the most recent positions: right-aligned, as the released code does (spec 1.3).
       AttentionMasking self_mask;
       self_mask.bias = self_bias.data() + (t1 - tk);
       self_mask.bias_row_stride = t1;
-      layer.self_attention_finish(in + g.offset * d, buf.q + g.offset * d,
-                                  st.self.view(li, first_row, tk), g.rows, 1, self_mask,
-                                  buf.h1 + g.offset * d, arena);
+      layer.self_attention_finish(in + g.offset * d, qkv, 3 * d, st.self.view(li, first_row, tk),
+                                  g.rows, 1, self_mask, buf.h1 + g.offset * d, arena);
       // Cross-attention: the beams of one sample share its encoder K/V (batch stride 0).
       AttentionMasking cross_mask;
       cross_mask.bias = cross_bias.data();
@@ -304,15 +301,12 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
     std::memcpy(final_h + first_row * d, out_rows, static_cast<size_t>(g.rows * d) * sizeof(float));
     if (li + 1 < layers && skipped == SkippedLayerCache::kPropagate) {
       // CALM-style: the skipped layers see the exited state, so their caches stay aligned.
-      float* kn = arena.floats(static_cast<size_t>(g.rows * d));
-      float* vn = arena.floats(static_cast<size_t>(g.rows * d));
+      // (q is projected too, the price of one stacked GEMM on this rarely taken path)
+      float* qkv = arena.floats(static_cast<size_t>(g.rows * 3 * d));
       float* ln = arena.floats(static_cast<size_t>(g.rows * d));
-      PhaseScope gemm(Phase::kGemm);
       for (int lj = li + 1; lj < layers; ++lj) {
-        dec_layers_[lj].self_attn_layer_norm().forward(out_rows, ln, g.rows);
-        dec_layers_[lj].self_attn().k_proj.forward(ln, kn, g.rows);
-        dec_layers_[lj].self_attn().v_proj.forward(ln, vn, g.rows);
-        st.self.append(lj, first_row, g.rows, kn, vn, d);
+        dec_layers_[lj].self_attention_qkv(out_rows, ln, qkv, g.rows);
+        st.self.append(lj, first_row, g.rows, qkv + d, qkv + 2 * d, 3 * d);
       }
     }
   };
