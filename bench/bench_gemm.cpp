@@ -1,8 +1,10 @@
 // GEMM and attention throughput at OFA-base shapes (D=768, F=3072, 12 heads of 64; spec 3.1).
-// Counters: GFLOP/s, and pct_peak = share of the fp32 peak of the cores in use, where one core
-// does 32 FLOP/cycle (two 256-bit FMA pipes; AVX-512 is double-pumped on AMD Zen) at a clock
-// taken from MUE_CPU_MHZ if set, else measured (a chain of dependent integer adds runs at one per
-// cycle), else /proc/cpuinfo "cpu MHz". A VM's cpuinfo often shows the base clock, not the boost.
+// Counters: GFLOP/s, and pct_peak = share of the fp32 peak of the cores in use: FLOP/cycle per
+// core (MUE_FLOP_PER_CYCLE if set, else from /proc/cpuinfo: 64 for two 512-bit FMA pipes, i.e.
+// Intel with AVX-512 and AMD from Zen 5 (family 26); 32 for two 256-bit pipes, i.e. AVX2 and
+// Zen 4's double-pumped AVX-512) times a clock taken from MUE_CPU_MHZ if set, else measured (a
+// chain of dependent integer adds runs at one per cycle), else /proc/cpuinfo "cpu MHz". A VM's
+// cpuinfo often shows the base clock, not the boost.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -25,7 +27,47 @@ namespace {
 
 using mue::kernels::Activation;
 
-constexpr double kFlopPerCycle = 32;
+// The first value of a /proc/cpuinfo field ("" if absent).
+std::string cpuinfo_field(const std::string& name) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind(name, 0) == 0 && line.find(':') != std::string::npos) {
+      const size_t start = line.find_first_not_of(' ', line.find(':') + 1);
+      return start == std::string::npos ? std::string() : line.substr(start);
+    }
+  }
+  return "";
+}
+
+struct FlopRate {
+  double per_cycle;
+  std::string source;
+};
+
+const FlopRate& flop_rate() {
+  static const FlopRate rate = []() -> FlopRate {
+    if (const char* env = std::getenv("MUE_FLOP_PER_CYCLE"))
+      return {std::atof(env), "MUE_FLOP_PER_CYCLE"};
+    std::string flags(1, ' ');
+    flags.append(cpuinfo_field("flags")).push_back(' ');
+    const bool avx512 = flags.find(" avx512f ") != std::string::npos;
+    const bool fma = flags.find(" fma ") != std::string::npos;
+    const std::string vendor = cpuinfo_field("vendor_id");
+    const int family = std::atoi(cpuinfo_field("cpu family").c_str());
+    std::string what = vendor;
+    what.append(" family ").append(std::to_string(family));
+    if (avx512 && (vendor == "GenuineIntel" || (vendor == "AuthenticAMD" && family >= 26)))
+      return {64, what.append(", two 512-bit FMA pipes")};
+    if (fma) {
+      what.append(", two 256-bit FMA pipes");
+      if (avx512) what.append(" (AVX-512 double-pumped)");
+      return {32, what};
+    }
+    return {16, what.append(", no FMA")};
+  }();
+  return rate;
+}
 
 double cpuinfo_mhz() {
   std::ifstream cpuinfo("/proc/cpuinfo");
@@ -75,7 +117,9 @@ const Clock& clock_assumption() {
 
 int all_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
-double peak_flops(int threads) { return threads * kFlopPerCycle * clock_assumption().mhz * 1e6; }
+double peak_flops(int threads) {
+  return threads * flop_rate().per_cycle * clock_assumption().mhz * 1e6;
+}
 
 std::vector<float> random_vector(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -237,9 +281,10 @@ BENCHMARK(BM_AttentionDecodeStep)
 int main(int argc, char** argv) {
   const Clock& clock = clock_assumption();
   std::printf(
-      "fp32 peak assumption: %.0f MHz (%s; /proc/cpuinfo says %.0f) x %.0f FLOP/cycle = %.1f "
-      "GFLOP/s per core, %d cores\n",
-      clock.mhz, clock.source, cpuinfo_mhz(), kFlopPerCycle, peak_flops(1) * 1e-9, all_threads());
+      "fp32 peak assumption: %.0f MHz (%s; /proc/cpuinfo says %.0f) x %.0f FLOP/cycle (%s) = "
+      "%.1f GFLOP/s per core, %d cores\n",
+      clock.mhz, clock.source, cpuinfo_mhz(), flop_rate().per_cycle, flop_rate().source.c_str(),
+      peak_flops(1) * 1e-9, all_threads());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   {  // the machine block (apps/common/machine.h) in the JSON context and on stdout
