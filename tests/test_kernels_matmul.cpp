@@ -400,6 +400,23 @@ TEST(KernelsQuantize, RowsAndWeightsRoundTripWithinHalfAStep) {
     }
     EXPECT_EQ(row_sum[r], sum);
   }
+  // A non-negative map (the int8 convolutions' input): one scale, no zero point; large enough
+  // for the parallel range pass. A zero map gets scale 1; a negative value is reported.
+  auto map = random_vector(70000, 992, 0.f, 4.f);
+  map[12345] = 6.f;
+  std::vector<uint8_t> qm(map.size());
+  const float map_scale =
+      detail::quantize_nonnegative_u8(map.data(), int64_t(map.size()), qm.data());
+  EXPECT_FLOAT_EQ(map_scale, 6.f / 255.f);
+  EXPECT_EQ(qm[12345], 255);
+  for (size_t i = 0; i < map.size(); ++i)
+    ASSERT_LE(std::fabs(map_scale * qm[i] - map[i]), 0.5001 * map_scale) << i;
+  std::vector<float> zeros(10, 0.f);
+  EXPECT_EQ(detail::quantize_nonnegative_u8(zeros.data(), 10, qm.data()), 1.f);
+  EXPECT_EQ(qm[0], 0);
+  map[60000] = -0.25f;
+  EXPECT_EQ(detail::quantize_nonnegative_u8(map.data(), int64_t(map.size()), qm.data()), -0.25f);
+
   const float special[] = {1.f, -1.5f, 1.00390625f /* a tie: to even */, NAN};
   uint16_t bits[4];
   detail::to_bf16(special, bits, 4);

@@ -9,8 +9,10 @@
 //         and output
 //   int8  linear layers: weights s8 symmetric per output channel (scales computed at load),
 //         inputs u8 per row with their own scale and zero point (dynamic), s32 accumulation,
-//         the zero point's compensation precomputed at load, fp32 output. Convolutions run in
-//         bf16 where the CPU has it, else in fp32.
+//         the zero point's compensation precomputed at load, fp32 output. Convolutions after
+//         a ReLU (all but the ResNet's stem): s8 weights per output channel, each sample's
+//         input map u8 with its own scale (dynamic, no zero point), s32 accumulation, fp32
+//         output. The stem runs in bf16 where the CPU has it, else in fp32.
 //   auto  the fastest type this CPU runs natively (resolve_compute_type)
 #pragma once
 

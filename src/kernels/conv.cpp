@@ -1,7 +1,11 @@
 // Conv2d: oneDNN convolution on NHWC activations with the weights reordered once into the blocked
 // layout oneDNN prefers (format_tag::any), bias, and residual (sum) plus activation post-ops.
 // In bf16 the weights are held in bf16 from construction and the input is rounded per call;
-// accumulation and output stay fp32.
+// accumulation and output stay fp32. In int8 (for inputs that are never negative: maps after
+// ReLU) the weights are s8 per output channel and each sample's input map is quantised per call
+// to u8 with its own scale (so a sample's result does not depend on its batch mates); oneDNN
+// multiplies u8 x s8 into s32 and our epilogue scales, adds bias and residual, and applies ReLU
+// (oneDNN 2.6 takes no run-time output scales for convolutions, and these change per call).
 // max_pool_3x3_s2: a plain NHWC loop, vectorised over channels.
 #include <algorithm>
 #include <cstring>
@@ -61,10 +65,11 @@ int64_t conv_extent(int64_t in, int kernel, int stride, int padding) {
 struct Conv2d::Impl {
   int64_t out_channels = 0, in_channels = 0;
   int kernel = 0, stride = 0, padding = 0;
-  ComputeType type = ComputeType::kF32;  // f32 or bf16
-  memory bias;                           // owned copy, or empty
-  std::vector<memory> weights_layouts;   // each layout some input shape asked for
-  bool holds_plain_weights = false;      // weights_layouts is {the OIHW copy} until first use
+  ComputeType type = ComputeType::kF32;          // f32, bf16 or int8
+  memory bias;                                   // owned copy, or empty
+  std::vector<float> bias_values, weight_scale;  // int8: the epilogue's bias and weight scales
+  std::vector<memory> weights_layouts;           // each layout some input shape asked for
+  bool holds_plain_weights = false;  // weights_layouts is {the OIHW copy} until first use
 
   std::mutex mutex;
   std::unordered_map<ConvKey, ConvPrimitive, ConvKeyHash> primitives;
@@ -73,16 +78,18 @@ struct Conv2d::Impl {
                                                     Activation act, bool dst_bf16) const {
     const int64_t ho = conv_extent(h, kernel, stride, padding);
     const int64_t wo = conv_extent(w, kernel, stride, padding);
+    const bool int8 = type == ComputeType::kInt8;
     const auto in_type = type == ComputeType::kBF16 ? memory::data_type::bf16 : kF32;
-    memory::desc src({n, in_channels, h, w}, in_type, Tag::nhwc);
-    memory::desc dst({n, out_channels, ho, wo}, dst_bf16 ? memory::data_type::bf16 : kF32,
-                     Tag::nhwc);
-    memory::desc weights({out_channels, in_channels, kernel, kernel}, in_type, Tag::any);
+    memory::desc src({n, in_channels, h, w}, int8 ? memory::data_type::u8 : in_type, Tag::nhwc);
+    const auto dst_type = int8 ? memory::data_type::s32 : dst_bf16 ? memory::data_type::bf16 : kF32;
+    memory::desc dst({n, out_channels, ho, wo}, dst_type, Tag::nhwc);
+    memory::desc weights({out_channels, in_channels, kernel, kernel},
+                         int8 ? memory::data_type::s8 : in_type, Tag::any);
     memory::desc bias_desc = bias ? bias.get_desc() : memory::desc();
     dnnl::convolution_forward::desc desc(
         dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, weights,
         bias_desc, dst, {stride, stride}, {padding, padding}, {padding, padding});
-    dnnl::post_ops ops;
+    dnnl::post_ops ops;  // none under int8: the epilogue's
     // dst = act(conv + bias + 1 * dst_before), with dst pre-filled with the residual.
     if (residual) ops.append_sum(1.f);
     if (act == Activation::kRelu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
@@ -148,13 +155,13 @@ Conv2d::Conv2d(const float* weight, const float* bias, int64_t out_channels, int
   impl->stride = stride;
   impl->padding = padding;
   type = resolve_compute_type(type);
-  if (type == ComputeType::kInt8) {
-    type = compute_type_supported(ComputeType::kBF16) ? ComputeType::kBF16 : ComputeType::kF32;
-  }
   impl->type = type;
+  const int64_t per_out = in_channels * kernel * kernel;
   try {
     auto& engine = detail::cpu_engine();
-    if (bias != nullptr) {
+    if (bias != nullptr && type == ComputeType::kInt8) {
+      impl->bias_values.assign(bias, bias + out_channels);  // scaled per call
+    } else if (bias != nullptr) {
       impl->bias = memory({{out_channels}, kF32, Tag::a}, engine);
       std::memcpy(impl->bias.get_data_handle(), bias, out_channels * sizeof(float));
     }
@@ -162,10 +169,17 @@ Conv2d::Conv2d(const float* weight, const float* bias, int64_t out_channels, int
     // bf16: converted once, here).
     const memory::dims dims{out_channels, in_channels, kernel, kernel};
     memory plain;
-    if (type == ComputeType::kBF16) {
+    if (type == ComputeType::kInt8) {
+      plain = memory({dims, memory::data_type::s8, Tag::oihw}, engine);
+      impl->weight_scale.resize(out_channels);
+      std::vector<int32_t> sums(out_channels);  // no zero point on the input: unused
+      detail::quantize_weights_s8(weight, out_channels, per_out, detail::int8_weight_max(),
+                                  static_cast<int8_t*>(plain.get_data_handle()),
+                                  impl->weight_scale.data(), sums.data());
+    } else if (type == ComputeType::kBF16) {
       plain = memory({dims, memory::data_type::bf16, Tag::oihw}, engine);
       detail::to_bf16(weight, static_cast<uint16_t*>(plain.get_data_handle()),
-                      out_channels * in_channels * kernel * kernel);
+                      out_channels * per_out);
     } else {
       plain = memory({dims, kF32, Tag::oihw}, engine);
       std::memcpy(plain.get_data_handle(), weight, plain.get_desc().get_size());
@@ -239,6 +253,10 @@ void Conv2d::forward_maps(const void* x, bool x_bf16, int64_t n, int64_t h, int6
   }
   if (n == 0) return;
   if (x == nullptr || y == nullptr) throw Error("Conv2d: null input or output pointer");
+  if (impl_->type == ComputeType::kInt8) {
+    forward_int8(static_cast<const float*>(x), n, h, w, static_cast<float*>(y), residual, act);
+    return;
+  }
   try {
     const ConvKey key{n, h, w, residual != nullptr, act, detail::current_threads(), y_bf16};
     const ConvPrimitive p = impl_->primitive(key);
@@ -261,6 +279,40 @@ void Conv2d::forward_maps(const void* x, bool x_bf16, int64_t n, int64_t h, int6
     if (impl_->bias) args.emplace(DNNL_ARG_BIAS, impl_->bias);
     p.conv.execute(detail::cpu_stream(), args);
     detail::cpu_stream().wait();
+  } catch (const dnnl::error& e) {
+    detail::rethrow_dnnl("Conv2d", e);
+  }
+}
+
+void Conv2d::forward_int8(const float* x, int64_t n, int64_t h, int64_t w, float* y,
+                          const float* residual, Activation act) const {
+  const int64_t in_count = h * w * impl_->in_channels;
+  const int64_t pixels = out_extent(h) * out_extent(w), oc = impl_->out_channels;
+  try {
+    // The epilogue owns residual and activation, so one primitive serves every call shape.
+    const ConvKey key{n, h, w, false, Activation::kNone, detail::current_threads(), false};
+    const ConvPrimitive p = impl_->primitive(key);
+    auto* q = static_cast<uint8_t*>(detail::thread_buffer(0, n * in_count));
+    auto* x_scale = static_cast<float*>(detail::thread_buffer(1, n * sizeof(float)));
+    auto* acc = static_cast<int32_t*>(detail::thread_buffer(2, n * pixels * oc * sizeof(int32_t)));
+    for (int64_t b = 0; b < n; ++b) {
+      x_scale[b] = detail::quantize_nonnegative_u8(x + b * in_count, in_count, q + b * in_count);
+      if (x_scale[b] < 0.f) {
+        throw Error(
+            "Conv2d: an int8 convolution needs a non-negative input (a map after ReLU); sample " +
+            std::to_string(b) + " has " + std::to_string(x_scale[b]));
+      }
+    }
+    auto& engine = detail::cpu_engine();
+    p.conv.execute(detail::cpu_stream(),
+                   {{DNNL_ARG_SRC, memory(p.src, engine, q)},
+                    {DNNL_ARG_WEIGHTS, p.weights},
+                    {DNNL_ARG_DST, memory(p.dst, engine, acc)},
+                    {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}});
+    detail::cpu_stream().wait();
+    detail::dequantize_conv_s32(acc, n, pixels, oc, x_scale, impl_->weight_scale.data(),
+                                impl_->bias_values.empty() ? nullptr : impl_->bias_values.data(),
+                                residual, act == Activation::kRelu, y);
   } catch (const dnnl::error& e) {
     detail::rethrow_dnnl("Conv2d", e);
   }

@@ -131,7 +131,8 @@ class Conv2d {
   int64_t out_extent(int64_t in_extent) const;
   int64_t out_channels() const;
   int64_t in_channels() const;
-  ComputeType compute_type() const;  // f32 or bf16: what it runs in
+  // What it runs in: f32, bf16 or int8 (int8 inputs must not be negative: maps after ReLU).
+  ComputeType compute_type() const;
   // Bytes of weights (in every layout kept) and bias this convolution holds.
   size_t weight_bytes() const;
   // y[n, ho, wo, O] = act(conv(x[n, h, w, I]) + bias + residual), residual [n, ho, wo, O] or null.
@@ -146,6 +147,8 @@ class Conv2d {
                     Activation act = Activation::kNone) const;
 
  private:
+  void forward_int8(const float* x, int64_t n, int64_t h, int64_t w, float* y,
+                    const float* residual, Activation act) const;
   struct Impl;
   Impl* impl_;
 };

@@ -54,6 +54,28 @@ void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* s
   }
 }
 
+float quantize_nonnegative_u8(const float* x, int64_t n, uint8_t* q) {
+  float lo = 0.f, hi = 0.f;
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) reduction(min                 \
+                                                    : lo) reduction(max \
+                                                                    : hi) if (n >= kMinParallel)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const Eigen::Map<const Eigen::ArrayXf> values(x + c * kChunk, std::min(kChunk, n - c * kChunk));
+    lo = std::min(lo, values.minCoeff());
+    hi = std::max(hi, values.maxCoeff());
+  }
+  if (lo < 0.f) return lo;
+  const float scale = hi > 0.f ? hi / 255.f : 1.f, inv = 1.f / scale;
+#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    // 0 <= x / scale <= 255 within rounding: +0.5 and truncation round to nearest.
+    q[i] = static_cast<uint8_t>(static_cast<int32_t>(std::min(x[i] * inv + 0.5f, 255.f)));
+  }
+  return scale;
+}
+
 int int8_weight_max() {
   switch (dnnl::get_effective_cpu_isa()) {
     case dnnl::cpu_isa::avx2_vnni:
@@ -111,6 +133,26 @@ void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_sca
         Eigen::Map<Eigen::ArrayXf> v(out + begin, end - begin);
         v = 0.5f * v * (1.f + (v * static_cast<float>(M_SQRT1_2)).erf());
       }
+    }
+  }
+}
+
+void dequantize_conv_s32(const int32_t* acc, int64_t samples, int64_t pixels, int64_t channels,
+                         const float* x_scale, const float* w_scale, const float* bias,
+                         const float* residual, bool relu, float* y) {
+  const int64_t rows = samples * pixels;
+#pragma omp parallel for schedule(static) if (rows * channels >= kMinParallel)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float xs = x_scale[r / pixels];
+    const int32_t* a = acc + r * channels;
+    const float* res = residual != nullptr ? residual + r * channels : nullptr;
+    float* out = y + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      float v = xs * w_scale[c] * static_cast<float>(a[c]);
+      if (bias != nullptr) v += bias[c];
+      if (res != nullptr) v += res[c];
+      out[c] = relu ? std::max(v, 0.f) : v;
     }
   }
 }

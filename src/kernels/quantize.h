@@ -29,6 +29,11 @@ float from_bf16(uint16_t v);
 void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* scale,
                       int32_t* zero_point);
 
+// Per-tensor quantisation of a non-negative map x [n] (a feature map after ReLU) to u8 with no
+// zero point: x ~= scale * q, scale = max / 255 (1 for an all-zero map). Returns the scale, or a
+// negative value, the map's minimum, if some x is negative (the caller reports it). OpenMP.
+float quantize_nonnegative_u8(const float* x, int64_t n, uint8_t* q);
+
 // The largest weight magnitude int8 uses: 127, or 63 where oneDNN's ISA has no VNNI. Without
 // VNNI oneDNN multiplies u8 x s8 with vpmaddubsw, which saturates a pair's sum at 16 bits
 // (2 * 255 * 127 > 32767); 7-bit weights keep it exact (oneDNN's "int8 computation nuances").
@@ -46,5 +51,12 @@ enum class EpilogueActivation { kNone, kRelu, kGelu };
 void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_scale,
                     const int32_t* x_zero_point, const float* w_scale, const int32_t* w_row_sum,
                     const float* bias, EpilogueActivation act, float* y);
+
+// The int8 convolution's epilogue over NHWC maps of `samples` x `pixels` positions of `channels`:
+// y = act(x_scale[sample] * w_scale[c] * acc + bias[c] + residual), act none or relu; bias and
+// residual may be null, residual may alias y.
+void dequantize_conv_s32(const int32_t* acc, int64_t samples, int64_t pixels, int64_t channels,
+                         const float* x_scale, const float* w_scale, const float* bias,
+                         const float* residual, bool relu, float* y);
 
 }  // namespace mue::kernels::detail

@@ -36,8 +36,14 @@ ResNetBackbone ResNetBackbone::load(WeightStore& w, const std::string& prefix,
                                     const std::vector<int>& blocks, int width, ComputeType type) {
   constexpr float kEps = 1e-5f;  // torch BatchNorm2d default (spec 3.3)
   ResNetBackbone net;
+  // int8 convolutions take non-negative maps only (after ReLU); the stem reads the normalised
+  // image, so under int8 it runs in bf16 where oneDNN has bf16, else in fp32.
+  ComputeType stem_type = resolve_compute_type(type);
+  if (stem_type == ComputeType::kInt8) {
+    stem_type = compute_type_supported(ComputeType::kBF16) ? ComputeType::kBF16 : ComputeType::kF32;
+  }
   net.stem_ =
-      FoldedConv::load(w, prefix + ".conv1", prefix + ".bn1", width, 3, 7, 2, 3, kEps, type);
+      FoldedConv::load(w, prefix + ".conv1", prefix + ".bn1", width, 3, 7, 2, 3, kEps, stem_type);
   int64_t in = width;
   for (int s = 0; s < 3; ++s) {
     int64_t planes = static_cast<int64_t>(width) << s;
