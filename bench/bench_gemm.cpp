@@ -27,19 +27,6 @@ namespace {
 
 using mue::kernels::Activation;
 
-// The first value of a /proc/cpuinfo field ("" if absent).
-std::string cpuinfo_field(const std::string& name) {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (line.rfind(name, 0) == 0 && line.find(':') != std::string::npos) {
-      const size_t start = line.find_first_not_of(' ', line.find(':') + 1);
-      return start == std::string::npos ? std::string() : line.substr(start);
-    }
-  }
-  return "";
-}
-
 struct FlopRate {
   double per_cycle;
   std::string source;
@@ -49,12 +36,13 @@ const FlopRate& flop_rate() {
   static const FlopRate rate = []() -> FlopRate {
     if (const char* env = std::getenv("MUE_FLOP_PER_CYCLE"))
       return {std::atof(env), "MUE_FLOP_PER_CYCLE"};
-    std::string flags(1, ' ');
-    flags.append(cpuinfo_field("flags")).push_back(' ');
-    const bool avx512 = flags.find(" avx512f ") != std::string::npos;
-    const bool fma = flags.find(" fma ") != std::string::npos;
-    const std::string vendor = cpuinfo_field("vendor_id");
-    const int family = std::atoi(cpuinfo_field("cpu family").c_str());
+    const mue::MachineInfo m = mue::machine_info();
+    std::string isa(1, ' ');
+    isa.append(m.cpu_isa).push_back(' ');
+    const bool avx512 = isa.find(" avx512f ") != std::string::npos;
+    const bool fma = isa.find(" fma ") != std::string::npos;
+    const std::string& vendor = m.cpu_vendor;
+    const int family = m.cpu_family;
     std::string what = vendor;
     what.append(" family ").append(std::to_string(family));
     if (avx512 && (vendor == "GenuineIntel" || (vendor == "AuthenticAMD" && family >= 26)))

@@ -95,6 +95,10 @@ TEST_F(ComputeTypeCli, InfoReportsTheTypeTheMachineAndTheWeightBytes) {
   EXPECT_EQ(j["compute_type"], "f32");
   EXPECT_GT(j["weight_bytes"].get<size_t>(), 0u);
   EXPECT_FALSE(j["machine"]["cpu_model"].get<std::string>().empty());
+  // What tells one "AMD EPYC" VM from another: vendor, family and model number.
+  EXPECT_FALSE(j["machine"]["cpu_vendor"].get<std::string>().empty());
+  EXPECT_GT(j["machine"]["cpu_family"].get<int>(), 0);
+  EXPECT_TRUE(j["machine"].contains("cpu_model_number"));
   EXPECT_FALSE(j["machine"]["onednn_isa"].get<std::string>().empty());
   EXPECT_EQ(j["machine"]["auto_compute_type"],
             compute_type_name(resolve_compute_type(ComputeType::kAuto)));

@@ -26,7 +26,11 @@ void adopt_openmp_wait_policy(char** argv);
 
 // The machine a run is on, as benchmarks report it.
 struct MachineInfo {
-  std::string cpu_model;   // /proc/cpuinfo "model name"
+  std::string cpu_model;  // /proc/cpuinfo "model name"
+  // "vendor_id", "cpu family" and "model": a VM's model name may say only "AMD EPYC", where
+  // family 25 is Zen 3 or 4 and family 26 Zen 5.
+  std::string cpu_vendor;
+  int cpu_family = 0, cpu_model_number = 0;
   std::string cpu_isa;     // the vector extensions the CPU has, of those that matter here
   std::string onednn_isa;  // the ISA oneDNN chose at run time (its primitives dispatch)
   std::string onednn_version;

@@ -177,15 +177,10 @@ int main(int argc, char** argv) {
       for (mue::ComputeType t :
            {mue::ComputeType::kF32, mue::ComputeType::kBF16, mue::ComputeType::kInt8})
         kernels[mue::compute_type_name(t)] = mue::compute_type_implementation(t);
-      info["machine"] = {
-          {"cpu_model", machine.cpu_model},
-          {"cpu_isa", machine.cpu_isa},
-          {"onednn_isa", machine.onednn_isa},
-          {"onednn_version", machine.onednn_version},
-          {"cores", machine.cores},
-          {"auto_compute_type",
-           mue::compute_type_name(mue::resolve_compute_type(mue::ComputeType::kAuto))},
-          {"onednn_kernels", kernels}};
+      info["machine"] = machine.to_json();
+      info["machine"]["auto_compute_type"] =
+          mue::compute_type_name(mue::resolve_compute_type(mue::ComputeType::kAuto));
+      info["machine"]["onednn_kernels"] = kernels;
       std::cout << info.dump(2) << "\n";
       return 0;
     }

@@ -1,4 +1,5 @@
 // What machine a run is on (include/mue/runtime.h): benchmarks print it beside their figures.
+#include <cstdlib>
 #include <fstream>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <set>
@@ -45,6 +46,11 @@ MachineInfo machine_info() {
       return colon == std::string::npos ? std::string() : line.substr(colon + 2);
     };
     if (m.cpu_model.empty() && line.rfind("model name", 0) == 0) m.cpu_model = value();
+    if (m.cpu_vendor.empty() && line.rfind("vendor_id", 0) == 0) m.cpu_vendor = value();
+    if (m.cpu_family == 0 && line.rfind("cpu family", 0) == 0)
+      m.cpu_family = std::atoi(value().c_str());
+    if (m.cpu_model_number == 0 && line.rfind("model\t", 0) == 0)
+      m.cpu_model_number = std::atoi(value().c_str());
     if (flags.empty() && line.rfind("flags", 0) == 0) {
       std::istringstream words(value());
       for (std::string w; words >> w;) flags.insert(w);
@@ -71,9 +77,15 @@ MachineInfo machine_info() {
 }
 
 nlohmann::json MachineInfo::to_json() const {
-  return {{"cpu_model", cpu_model},   {"cpu_isa", cpu_isa},
-          {"onednn_isa", onednn_isa}, {"onednn_version", onednn_version},
-          {"cores", cores},           {"openmp_environment", openmp_environment}};
+  return {{"cpu_model", cpu_model},
+          {"cpu_vendor", cpu_vendor},
+          {"cpu_family", cpu_family},
+          {"cpu_model_number", cpu_model_number},
+          {"cpu_isa", cpu_isa},
+          {"onednn_isa", onednn_isa},
+          {"onednn_version", onednn_version},
+          {"cores", cores},
+          {"openmp_environment", openmp_environment}};
 }
 
 }  // namespace mue

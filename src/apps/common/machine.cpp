@@ -188,9 +188,10 @@ std::string machine_line(const nlohmann::json& b) {
   const nlohmann::json& p = b.at("measured_peak_gflops");
   std::snprintf(
       text, sizeof text,
-      "%s, %d cores; oneDNN %s uses %s (f32 %s, bf16 %s, int8 %s; auto = %s); "
-      "matmul peak at %d threads: f32 %.0f, bf16 %.0f, int8 %.0f GFLOP/s",
-      b.at("cpu_model").get<std::string>().c_str(), b.at("cores").get<int>(),
+      "%s (%s family %d model %d), %d cores; oneDNN %s uses %s (f32 %s, bf16 %s, int8 %s; "
+      "auto = %s); matmul peak at %d threads: f32 %.0f, bf16 %.0f, int8 %.0f GFLOP/s",
+      b.at("cpu_model").get<std::string>().c_str(), b.at("cpu_vendor").get<std::string>().c_str(),
+      b.at("cpu_family").get<int>(), b.at("cpu_model_number").get<int>(), b.at("cores").get<int>(),
       b.at("onednn_version").get<std::string>().c_str(),
       b.at("onednn_isa").get<std::string>().c_str(), k.at("f32").get<std::string>().c_str(),
       k.at("bf16").get<std::string>().c_str(), k.at("int8").get<std::string>().c_str(),
