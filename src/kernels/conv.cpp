@@ -289,30 +289,33 @@ void Conv2d::forward_int8(const float* x, int64_t n, int64_t h, int64_t w, float
   const int64_t in_count = h * w * impl_->in_channels;
   const int64_t pixels = out_extent(h) * out_extent(w), oc = impl_->out_channels;
   try {
+    // One sample at a time: the per-thread u8 and s32 buffers stay one sample's size (a batch of
+    // 16 would keep about 300 MB), and the maps are large enough to keep both cores busy.
     // The epilogue owns residual and activation, so one primitive serves every call shape.
-    const ConvKey key{n, h, w, false, Activation::kNone, detail::current_threads(), false};
+    const ConvKey key{1, h, w, false, Activation::kNone, detail::current_threads(), false};
     const ConvPrimitive p = impl_->primitive(key);
-    auto* q = static_cast<uint8_t*>(detail::thread_buffer(0, n * in_count));
-    auto* x_scale = static_cast<float*>(detail::thread_buffer(1, n * sizeof(float)));
-    auto* acc = static_cast<int32_t*>(detail::thread_buffer(2, n * pixels * oc * sizeof(int32_t)));
+    auto* q = static_cast<uint8_t*>(detail::thread_buffer(0, in_count));
+    auto* acc = static_cast<int32_t*>(detail::thread_buffer(2, pixels * oc * sizeof(int32_t)));
+    auto& engine = detail::cpu_engine();
+    const memory src(p.src, engine, q), dst(p.dst, engine, acc);
     for (int64_t b = 0; b < n; ++b) {
-      x_scale[b] = detail::quantize_nonnegative_u8(x + b * in_count, in_count, q + b * in_count);
-      if (x_scale[b] < 0.f) {
+      const float x_scale = detail::quantize_nonnegative_u8(x + b * in_count, in_count, q);
+      if (x_scale < 0.f) {
         throw Error(
             "Conv2d: an int8 convolution needs a non-negative input (a map after ReLU); sample " +
-            std::to_string(b) + " has " + std::to_string(x_scale[b]));
+            std::to_string(b) + " has " + std::to_string(x_scale));
       }
+      p.conv.execute(detail::cpu_stream(),
+                     {{DNNL_ARG_SRC, src},
+                      {DNNL_ARG_WEIGHTS, p.weights},
+                      {DNNL_ARG_DST, dst},
+                      {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}});
+      detail::cpu_stream().wait();
+      detail::dequantize_conv_s32(acc, pixels, oc, x_scale, impl_->weight_scale.data(),
+                                  impl_->bias_values.empty() ? nullptr : impl_->bias_values.data(),
+                                  residual != nullptr ? residual + b * pixels * oc : nullptr,
+                                  act == Activation::kRelu, y + b * pixels * oc);
     }
-    auto& engine = detail::cpu_engine();
-    p.conv.execute(detail::cpu_stream(),
-                   {{DNNL_ARG_SRC, memory(p.src, engine, q)},
-                    {DNNL_ARG_WEIGHTS, p.weights},
-                    {DNNL_ARG_DST, memory(p.dst, engine, acc)},
-                    {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}});
-    detail::cpu_stream().wait();
-    detail::dequantize_conv_s32(acc, n, pixels, oc, x_scale, impl_->weight_scale.data(),
-                                impl_->bias_values.empty() ? nullptr : impl_->bias_values.data(),
-                                residual, act == Activation::kRelu, y);
   } catch (const dnnl::error& e) {
     detail::rethrow_dnnl("Conv2d", e);
   }

@@ -58,9 +58,11 @@ float quantize_nonnegative_u8(const float* x, int64_t n, uint8_t* q) {
   float lo = 0.f, hi = 0.f;
   constexpr int64_t kChunk = 1 << 14;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) reduction(min                 \
-                                                    : lo) reduction(max \
-                                                                    : hi) if (n >= kMinParallel)
+  // (clang-format would break the reduction clauses apart)
+  // clang-format off
+#pragma omp parallel for schedule(static) reduction(min : lo) reduction(max : hi) \
+    if (n >= kMinParallel)
+  // clang-format on
   for (int64_t c = 0; c < chunks; ++c) {
     const Eigen::Map<const Eigen::ArrayXf> values(x + c * kChunk, std::min(kChunk, n - c * kChunk));
     lo = std::min(lo, values.minCoeff());
@@ -137,13 +139,12 @@ void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_sca
   }
 }
 
-void dequantize_conv_s32(const int32_t* acc, int64_t samples, int64_t pixels, int64_t channels,
-                         const float* x_scale, const float* w_scale, const float* bias,
-                         const float* residual, bool relu, float* y) {
-  const int64_t rows = samples * pixels;
-#pragma omp parallel for schedule(static) if (rows * channels >= kMinParallel)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float xs = x_scale[r / pixels];
+void dequantize_conv_s32(const int32_t* acc, int64_t pixels, int64_t channels, float x_scale,
+                         const float* w_scale, const float* bias, const float* residual, bool relu,
+                         float* y) {
+#pragma omp parallel for schedule(static) if (pixels * channels >= kMinParallel)
+  for (int64_t r = 0; r < pixels; ++r) {
+    const float xs = x_scale;
     const int32_t* a = acc + r * channels;
     const float* res = residual != nullptr ? residual + r * channels : nullptr;
     float* out = y + r * channels;

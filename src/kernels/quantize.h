@@ -52,11 +52,11 @@ void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_sca
                     const int32_t* x_zero_point, const float* w_scale, const int32_t* w_row_sum,
                     const float* bias, EpilogueActivation act, float* y);
 
-// The int8 convolution's epilogue over NHWC maps of `samples` x `pixels` positions of `channels`:
-// y = act(x_scale[sample] * w_scale[c] * acc + bias[c] + residual), act none or relu; bias and
-// residual may be null, residual may alias y.
-void dequantize_conv_s32(const int32_t* acc, int64_t samples, int64_t pixels, int64_t channels,
-                         const float* x_scale, const float* w_scale, const float* bias,
-                         const float* residual, bool relu, float* y);
+// The int8 convolution's epilogue over one sample's NHWC map of `pixels` positions of `channels`:
+// y = act(x_scale * w_scale[c] * acc + bias[c] + residual), act none or relu; bias and residual
+// may be null, residual may alias y.
+void dequantize_conv_s32(const int32_t* acc, int64_t pixels, int64_t channels, float x_scale,
+                         const float* w_scale, const float* bias, const float* residual, bool relu,
+                         float* y);
 
 }  // namespace mue::kernels::detail
