@@ -27,6 +27,18 @@ namespace {
 
 using mue::kernels::Activation;
 
+// A positive number from the environment variable `name`; anything else ends the run with an
+// error naming the variable (a zero or garbage rate would print every pct_peak as inf).
+double positive_env(const char* name, const char* value) {
+  char* end = nullptr;
+  const double v = std::strtod(value, &end);
+  if (end == value || *end != '\0' || !(v > 0) || !std::isfinite(v)) {
+    std::fprintf(stderr, "bench_gemm: %s='%s' is not a positive number\n", name, value);
+    std::exit(2);
+  }
+  return v;
+}
+
 struct FlopRate {
   double per_cycle;
   std::string source;
@@ -35,7 +47,7 @@ struct FlopRate {
 const FlopRate& flop_rate() {
   static const FlopRate rate = []() -> FlopRate {
     if (const char* env = std::getenv("MUE_FLOP_PER_CYCLE"))
-      return {std::atof(env), "MUE_FLOP_PER_CYCLE"};
+      return {positive_env("MUE_FLOP_PER_CYCLE", env), "MUE_FLOP_PER_CYCLE"};
     const mue::MachineInfo m = mue::machine_info();
     std::string isa(1, ' ');
     isa.append(m.cpu_isa).push_back(' ');
@@ -96,7 +108,8 @@ struct Clock {
 
 const Clock& clock_assumption() {
   static const Clock clock = [] {
-    if (const char* env = std::getenv("MUE_CPU_MHZ")) return Clock{std::atof(env), "MUE_CPU_MHZ"};
+    if (const char* env = std::getenv("MUE_CPU_MHZ"))
+      return Clock{positive_env("MUE_CPU_MHZ", env), "MUE_CPU_MHZ"};
     if (const double mhz = measured_mhz(); mhz > 0) return Clock{mhz, "measured"};
     return Clock{cpuinfo_mhz(), "/proc/cpuinfo cpu MHz"};
   }();

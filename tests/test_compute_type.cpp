@@ -186,6 +186,25 @@ TEST(ComputeTypeBench, SettingsAndSweepsChooseTheEngineType) {
   if (!::testing::Test::HasFailure()) fs::remove_all(scratch);
 }
 
+// bench_gemm's peak overrides: a value that is not a positive number ends the run before any
+// benchmark, naming the variable (a zero rate would print every pct_peak as inf).
+TEST(BenchGemm, ABadPeakOverrideIsRefusedByName) {
+  if (!fs::exists(app_path("bench_gemm"))) GTEST_SKIP() << "bench_gemm is not built";
+  const fs::path scratch = fresh_temp_dir("bench_gemm_env");
+  for (const char* name : {"MUE_FLOP_PER_CYCLE", "MUE_CPU_MHZ"}) {
+    for (const char* value : {"abc", "0", "-3", "48x"}) {
+      SCOPED_TRACE(std::string(name) + "=" + value);
+      ::setenv(name, value, 1);
+      const AppRun r = run_app("bench_gemm", "--benchmark_filter=none", scratch);
+      ::unsetenv(name);
+      EXPECT_EQ(r.exit_code, 2);
+      EXPECT_NE(r.err.find(name), std::string::npos) << r.err;
+      EXPECT_NE(r.err.find("not a positive number"), std::string::npos) << r.err;
+    }
+  }
+  if (!::testing::Test::HasFailure()) fs::remove_all(scratch);
+}
+
 // bench/compare --quick end to end on a random OFA-tiny model: the engine (bench_compare, one
 // engine per type) and the PyTorch reference on the same pixels and prompts. Checks the report's
 // shape and that the f32 engine's caption is the reference's; timings are never asserted.
