@@ -1,7 +1,9 @@
 // Layers built from the checkpoint's tensors: the stacked q/k/v projections.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,8 @@ namespace {
 
 constexpr int64_t kOut = 96, kIn = 80;
 
+// The file name carries the test and the process id: ctest runs the type instances of these
+// tests in parallel processes, which must not write one file.
 std::string write_projections(const std::string& name, bool with_v) {
   std::vector<std::pair<std::string, Shape>> params;
   for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
@@ -22,7 +26,8 @@ std::string write_projections(const std::string& name, bool with_v) {
     params.push_back({std::string("attn.") + p + ".weight", {kOut, kIn}});
     params.push_back({std::string("attn.") + p + ".bias", {kOut}});
   }
-  const std::string path = ::testing::TempDir() + name + ".safetensors";
+  const std::string path =
+      ::testing::TempDir() + name + "_" + std::to_string(::getpid()) + ".safetensors";
   testing::write_synthetic_model(path, params, 7);
   return path;
 }
@@ -35,7 +40,10 @@ class LinearStacked : public ::testing::TestWithParam<ComputeType> {};
 TEST_P(LinearStacked, EqualsTheSeparateLinearsSideBySide) {
   const ComputeType type = GetParam();
   if (!compute_type_supported(type)) GTEST_SKIP() << "not supported by oneDNN on this CPU";
-  WeightStore w(SafeTensorsFile::open(write_projections("stacked", true)));
+  const std::string path =
+      write_projections(std::string("stacked_") + compute_type_name(type), true);
+  WeightStore w(SafeTensorsFile::open(path));
+  std::remove(path.c_str());  // the mapping stays valid
   const std::vector<std::string> parts{"attn.q_proj", "attn.k_proj", "attn.v_proj"};
   const Linear stacked = Linear::load_stacked(w, parts, kOut, kIn, type);
   ASSERT_EQ(stacked.out, 3 * kOut);
@@ -68,7 +76,10 @@ TEST_P(LinearStacked, EqualsTheSeparateLinearsSideBySide) {
 TEST_P(LinearStacked, AMissingPartIsReportedByName) {
   const ComputeType type = GetParam();
   if (!compute_type_supported(type)) GTEST_SKIP() << "not supported by oneDNN on this CPU";
-  WeightStore w(SafeTensorsFile::open(write_projections("stacked_missing", false)));
+  const std::string path =
+      write_projections(std::string("stacked_missing_") + compute_type_name(type), false);
+  WeightStore w(SafeTensorsFile::open(path));
+  std::remove(path.c_str());  // the mapping stays valid
   Linear::load_stacked(w, {"attn.q_proj", "attn.k_proj", "attn.v_proj"}, kOut, kIn, type);
   try {
     w.check();
