@@ -362,6 +362,28 @@ TEST_P(KernelsPackedLinearTyped, ConcurrentCallersGetTheSerialBits) {
   for (int t = 0; t < 2; ++t) EXPECT_EQ(concurrent[t], serial[t]);
 }
 
+// int8 runs tall inputs (900 rows) in row blocks, one thread each; with one thread the whole
+// product is one call. Per-row scales and exact s32 sums make every row's bits independent of
+// how the rows are split, so both must equal the rows computed one at a time.
+TEST(KernelsPackedLinear, Int8RowBlocksGiveEachRowItsOwnBits) {
+  SKIP_UNLESS_SUPPORTED(ComputeType::kInt8);
+  const int64_t m = 900, n = 160, k = 96;
+  const auto x = random_vector(m * k, 960), w = random_vector(n * k, 961, -0.1f, 0.1f);
+  const auto b = random_vector(n, 962);
+  const PackedLinear packed(w.data(), b.data(), n, k, ComputeType::kInt8);
+  std::vector<float> one_at_a_time(m * n, NAN);
+  for (int64_t r = 0; r < m; ++r)
+    packed.forward(x.data() + r * k, one_at_a_time.data() + r * n, 1, Activation::kGelu);
+  for (int threads : {1, 2, 0}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    set_num_threads(threads);
+    std::vector<float> y(m * n, NAN);
+    packed.forward(x.data(), y.data(), m, Activation::kGelu);
+    EXPECT_EQ(y, one_at_a_time);
+  }
+  set_num_threads(0);
+}
+
 INSTANTIATE_TEST_SUITE_P(ComputeTypes, KernelsPackedLinearTyped,
                          ::testing::Values(ComputeType::kBF16, ComputeType::kInt8),
                          [](const auto& info) {

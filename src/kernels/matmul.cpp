@@ -3,8 +3,12 @@
 // PackedLinear: the same matmul on weights reordered once into the layout oneDNN asks for, in
 // the compute type's precision (mue/compute_type.h): bf16 weights and inputs with fp32 output, or
 // s8 weights and u8 inputs with an s32 output that our epilogue scales back to fp32.
+#include <omp.h>
+
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -23,6 +27,9 @@ using dnnl::memory;
 using Tag = memory::format_tag;
 using DataType = memory::data_type;
 constexpr auto kF32 = DataType::f32;
+
+// int8 row block (see PackedLinear::Impl::forward_int8).
+constexpr int64_t kInt8RowBlock = 128;
 
 struct LinearKey {
   int64_t m, n, k;
@@ -188,6 +195,36 @@ struct PackedLinear::Impl {
 
   void forward_int8(const LinearPrimitive& p, const float* x, float* y, int64_t m,
                     Activation act) const {
+    // Tall inputs (the image stream's 900 tokens) go in row blocks, one per thread at a time:
+    // each block's s32 product (128 x 3072 x 4 bytes = 1.5 MB) is scaled back while it is still
+    // in that core's L2, where one product over all rows wrote 11 MB to memory and read it back.
+    // Rows are independent (per-row scales, exact s32 sums), so the result is the same bits.
+    const int threads = detail::current_threads();
+    if (m >= 2 * kInt8RowBlock && threads > 1 && !omp_in_parallel()) {
+      const int64_t blocks = (m + kInt8RowBlock - 1) / kInt8RowBlock;
+      const int64_t rows = (m + blocks - 1) / blocks;  // even blocks: no short straggler
+      std::exception_ptr failure;                      // exceptions may not leave an OpenMP region
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t first = b * rows, count = std::min(rows, m - first);
+        try {
+          // Looked up (and created) inside the region: oneDNN sizes it for the one thread there.
+          const LinearPrimitive block =
+              cached_linear({count, n, k, false, Activation::kNone, 1, true, ComputeType::kInt8});
+          forward_int8_rows(block, x + first * k, y + first * n, count, act);
+        } catch (...) {
+#pragma omp critical(mue_int8_row_block_failure)
+          if (!failure) failure = std::current_exception();
+        }
+      }
+      if (failure) std::rethrow_exception(failure);
+      return;
+    }
+    forward_int8_rows(p, x, y, m, act);
+  }
+
+  void forward_int8_rows(const LinearPrimitive& p, const float* x, float* y, int64_t m,
+                         Activation act) const {
     auto* q = static_cast<uint8_t*>(detail::thread_buffer(0, m * k));
     auto* scale = static_cast<float*>(detail::thread_buffer(1, m * sizeof(float)));
     auto* zero_point = static_cast<int32_t*>(detail::thread_buffer(2, m * sizeof(int32_t)));
