@@ -182,6 +182,37 @@ TEST(KernelsSoftmax, Bf16RowExpMatchesStdExp) {
   EXPECT_EQ(zeros, std::vector<uint16_t>(5, 0));
 }
 
+// softmax_weights_bf16: the row max and the bf16 weights in one call. Its AVX-512 version (on
+// CPUs with AVX512-BF16) must give the portable loop's weights, and its sum up to the order of
+// the additions, for every tail length, masked keys and an all-masked row.
+TEST(KernelsSoftmax, Bf16RowWeightsNativeMatchPortable) {
+  const float inf = std::numeric_limits<float>::infinity();
+  uint32_t seed = 40;
+  for (int64_t n : {1, 2, 15, 16, 17, 31, 33, 64, 100, 900, 934, 1000}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    auto x = random_vector(n, seed++, -30.f, 30.f);
+    if (n > 3) x[n / 3] = x[n - 1] = -inf;  // masked keys, one of them in the tail
+    std::vector<uint16_t> portable(n, 7), native(n, 7), reference(n, 7);
+    const float max = *std::max_element(x.begin(), x.end());
+    const float want = detail::exp_shifted_row_bf16(x.data(), n, max, reference.data());
+    const float sum_portable = detail::softmax_weights_bf16(x.data(), n, portable.data(), false);
+    EXPECT_EQ(portable, reference);
+    EXPECT_EQ(sum_portable, want);
+    const float sum_native = detail::softmax_weights_bf16(x.data(), n, native.data());
+    EXPECT_EQ(native, reference) << "native: " << detail::softmax_weights_bf16_native();
+    EXPECT_NEAR(sum_native, want, 1e-6f * want);
+    if (n > 3) {
+      EXPECT_EQ(native[n / 3], 0) << "a masked key gets exactly zero weight";
+    }
+  }
+  for (bool allow_native : {false, true}) {
+    std::vector<float> masked(21, -inf);
+    std::vector<uint16_t> zeros(21, 7);
+    EXPECT_EQ(detail::softmax_weights_bf16(masked.data(), 21, zeros.data(), allow_native), 0.f);
+    EXPECT_EQ(zeros, std::vector<uint16_t>(21, 0));
+  }
+}
+
 TEST(KernelsCosine, KnownValues) {
   const float a[] = {1, 2, 3}, b[] = {4, 5, 6}, minus_a[] = {-1, -2, -3};
   const float e0[] = {1, 0}, e1[] = {0, 1}, zero[] = {0, 0, 0};

@@ -254,10 +254,10 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Opera
 #pragma omp simd
       for (int64_t j = 0; j < keys; ++j) s[j] = padding[j] != 0 ? kMasked : s[j];
     }
-    const float max = Eigen::Map<const Eigen::ArrayXf>(s, keys).maxCoeff();
     const float sum = weights_bf16 != nullptr
-                          ? detail::exp_shifted_row_bf16(s, keys, max, weights_bf16 + r * keys)
-                          : detail::exp_shifted_row(s, keys, max);
+                          ? detail::softmax_weights_bf16(s, keys, weights_bf16 + r * keys)
+                          : detail::exp_shifted_row(
+                                s, keys, Eigen::Map<const Eigen::ArrayXf>(s, keys).maxCoeff());
     row_factor[r] = sum > 0.f ? head_scale / sum : 0.f;  // all masked: zeros
   }
   // out[rows, dh] = P V, then each row times head_scale / its softmax sum. The bf16 product
