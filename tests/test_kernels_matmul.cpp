@@ -439,6 +439,24 @@ TEST(KernelsQuantize, RowsAndWeightsRoundTripWithinHalfAStep) {
   map[60000] = -0.25f;
   EXPECT_EQ(detail::quantize_nonnegative_u8(map.data(), int64_t(map.size()), qm.data()), -0.25f);
 
+  // The CPU's own conversion (where it has AVX512-BF16) against bf16_bits: every tail length, the
+  // parallel size, ties, infinities, the largest floats; with and without a scale.
+  for (int64_t n : {1, 15, 16, 17, 33, 1000, 70001}) {
+    SCOPED_TRACE("n=" + std::to_string(n) +
+                 " native=" + std::to_string(detail::native_bf16_conversion()));
+    auto v = random_vector(n, 1200 + uint32_t(n), -3e4f, 3e4f);
+    const float extremes[] = {1.00390625f, -1.01171875f, INFINITY, -INFINITY, 3.4e38f, 0.f, -0.f};
+    for (size_t i = 0; i < std::size(extremes) && i < v.size(); ++i)
+      v[v.size() - 1 - i] = extremes[i];
+    std::vector<uint16_t> got(n), got_scaled(n);
+    detail::to_bf16(v.data(), got.data(), n);
+    detail::to_bf16_serial(v.data(), 0.125f, got_scaled.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(got[i], detail::bf16_bits(v[i])) << "x = " << v[i];
+      ASSERT_EQ(got_scaled[i], detail::bf16_bits(0.125f * v[i])) << "x = " << v[i];
+    }
+  }
+
   const float special[] = {1.f, -1.5f, 1.00390625f /* a tie: to even */, NAN};
   uint16_t bits[4];
   detail::to_bf16(special, bits, 4);

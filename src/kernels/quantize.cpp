@@ -1,7 +1,10 @@
 // The bf16 and int8 conversions (quantize.h): elementwise loops, OpenMP-parallel when large.
 #include "kernels/quantize.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -13,14 +16,52 @@ namespace {
 constexpr int64_t kMinParallel = 1 << 16;  // elements; below this a parallel region costs more
 }  // namespace
 
+namespace {
+
+void to_bf16_portable(const float* x, float scale, uint16_t* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits(scale * x[i]);
+}
+
+// vcvtneps2bf16 rounds to nearest even as bf16_bits does; it reads subnormal inputs as zero.
+MUE_AVX512_BF16 void to_bf16_avx512(const float* x, float scale, uint16_t* y, int64_t n) {
+  const __m512 s = _mm512_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(x + i), s));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), std::bit_cast<__m256i>(v));
+  }
+  if (i < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + i), s));
+    _mm256_mask_storeu_epi16(y + i, tail, std::bit_cast<__m256i>(v));
+  }
+}
+
+}  // namespace
+
+bool native_bf16_conversion() {
+  static const bool native =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  return native;
+}
+
 void to_bf16(const float* x, uint16_t* y, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
-  for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits(x[i]);
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n >= kMinParallel)
+  for (int64_t c = 0; c < chunks; ++c) {
+    to_bf16_serial(x + c * kChunk, 1.f, y + c * kChunk, std::min(kChunk, n - c * kChunk));
+  }
 }
 
 void to_bf16_serial(const float* x, float scale, uint16_t* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits(scale * x[i]);
+  if (native_bf16_conversion()) {
+    to_bf16_avx512(x, scale, y, n);
+  } else {
+    to_bf16_portable(x, scale, y, n);
+  }
 }
 
 float from_bf16(uint16_t v) {

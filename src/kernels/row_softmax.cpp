@@ -19,8 +19,6 @@ float softmax_weights_bf16_portable(const float* x, int64_t n, uint16_t* y) {
   return exp_shifted_row_bf16(x, n, max, y);
 }
 
-#define MUE_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
 // exp(v - shift) for 16 lanes, as exp_shifted_row_bf16 computes it (row_softmax.h).
 MUE_AVX512_BF16 inline __attribute__((always_inline)) __m512 exp_shifted_16(__m512 shift,
                                                                             __m512 v) {
@@ -71,12 +69,7 @@ MUE_AVX512_BF16 float softmax_weights_bf16_avx512(const float* x, int64_t n, uin
 
 }  // namespace
 
-bool softmax_weights_bf16_native() {
-  static const bool native =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-  return native;
-}
+bool softmax_weights_bf16_native() { return native_bf16_conversion(); }
 
 float softmax_weights_bf16(const float* x, int64_t n, uint16_t* y, bool allow_native) {
   if (n <= 0) return 0.f;
