@@ -38,6 +38,7 @@ using dnnl::memory;
 struct Bf16ProductKey {
   int64_t m, n, k, ld_dst;
   bool scores;
+  int64_t ld_b;  // the row stride of K (scores) or V (P V), in elements
   bool operator==(const Bf16ProductKey&) const = default;
 };
 
@@ -48,6 +49,7 @@ struct Bf16ProductKeyHash {
     detail::hash_mix(h, std::hash<int64_t>()(key.k));
     detail::hash_mix(h, std::hash<int64_t>()(key.ld_dst));
     detail::hash_mix(h, key.scores);
+    detail::hash_mix(h, std::hash<int64_t>()(key.ld_b));
     return h;
   }
 };
@@ -67,8 +69,8 @@ const Bf16Product& bf16_product(const Bf16ProductKey& key) {
     using Type = memory::data_type;
     auto p = std::make_unique<Bf16Product>();
     p->src = memory::desc({key.m, key.k}, Type::bf16, {key.k, 1});
-    p->weights = key.scores ? memory::desc({key.k, key.n}, Type::bf16, {1, key.k})
-                            : memory::desc({key.k, key.n}, Type::bf16, {key.n, 1});
+    p->weights = key.scores ? memory::desc({key.k, key.n}, Type::bf16, {1, key.ld_b})
+                            : memory::desc({key.k, key.n}, Type::bf16, {key.ld_b, 1});
     p->dst = memory::desc({key.m, key.n}, Type::f32, {key.ld_dst, 1});
     dnnl::matmul::desc desc(p->src, p->weights, p->dst);
     dnnl::matmul::primitive_desc pd(desc, detail::user_scratchpad_attr(), detail::cpu_engine());
@@ -90,11 +92,15 @@ void run_bf16_product(const Bf16ProductKey& key, const uint16_t* a, const uint16
   detail::cpu_stream().wait();
 }
 
-// Q (times the scale), K and V rounded to bf16, each contiguous [batch, heads, rows, width].
-// With a factored bias, Q's and K's rows are [q | bias_q] and [k | bias_k]: width 2 head_dim.
+// Q (times the scale) rounded to bf16, contiguous [outer batch, heads, rows per head, width];
+// K and V in bf16 with their strides: rounded here, contiguous [batch, heads, rows, width], or
+// the caller's (AttentionArgs::k_bf16, v_bf16). With a factored bias, Q's and K's rows are
+// [q | bias_q] and [k | bias_k]: width 2 head_dim.
 struct Bf16Operands {
   const uint16_t *q = nullptr, *k = nullptr, *v = nullptr;
-  int64_t qk_width = 0;
+  int64_t qk_width = 0, q_rows_per_head = 0;
+  int64_t k_batch_stride = 0, k_head_stride = 0, k_row_stride = 0;
+  int64_t v_batch_stride = 0, v_head_stride = 0, v_row_stride = 0;
 };
 
 // extra: null, or [rows, heads * dh] token-major rows appended to each row (shared by the batch).
@@ -113,6 +119,22 @@ void gather_bf16(const float* x, int64_t batch_stride, int64_t head_stride, int6
                              dh);
       if (extra != nullptr)
         detail::to_bf16_serial(extra + r * heads * dh + h * dh, 1.f, row + dh, dh);
+    }
+  }
+}
+
+// Q rows of every head, scaled and rounded, as [outer batch, heads, rows per head, head_dim];
+// folded: rows per head are (batch, row) pairs, one outer batch.
+void gather_q_bf16(const AttentionArgs& a, bool folded, int64_t rows_per_head, uint16_t* out) {
+  const int64_t outer = folded ? 1 : a.batch, dh = a.head_dim;
+  for (int64_t ob = 0; ob < outer; ++ob) {
+    for (int64_t h = 0; h < a.heads; ++h) {
+      for (int64_t r = 0; r < rows_per_head; ++r) {
+        const int64_t b = folded ? r / a.tq : ob, i = folded ? r % a.tq : r;
+        detail::to_bf16_serial(
+            a.q + b * a.q_batch_stride + h * a.q_head_stride + i * a.q_row_stride, a.scale,
+            out + ((ob * a.heads + h) * rows_per_head + r) * dh, dh);
+      }
     }
   }
 }
@@ -144,8 +166,19 @@ void check_args(const AttentionArgs& a) {
                 " (need head_dim > 0, the rest >= 0)");
   }
   check_operand("q", a.q, a.tq, a.q_row_stride, a.head_dim);
-  check_operand("k", a.k, a.tk, a.k_row_stride, a.head_dim);
-  check_operand("v", a.v, a.tk, a.v_row_stride, a.head_dim);
+  if (a.k_bf16 != nullptr || a.v_bf16 != nullptr) {
+    check_operand("k_bf16", a.k_bf16, a.tk, a.k_row_stride, a.head_dim);
+    check_operand("v_bf16", a.v_bf16, a.tk, a.v_row_stride, a.head_dim);
+    if (a.k_bf16 == nullptr || a.v_bf16 == nullptr)
+      throw Error("attention: k_bf16 and v_bf16 come together");
+    if (!attention_native_bf16())
+      throw Error("attention: bf16 K/V given, but this CPU has no native bf16 products");
+    if (a.bias_q != nullptr || a.bias_k != nullptr)
+      throw Error("attention: a factored bias (bias_q, bias_k) needs fp32 K");
+  } else {
+    check_operand("k", a.k, a.tk, a.k_row_stride, a.head_dim);
+    check_operand("v", a.v, a.tk, a.v_row_stride, a.head_dim);
+  }
   check_operand("out", a.out, a.tq, a.out_row_stride, a.head_dim);
 }
 
@@ -182,8 +215,8 @@ struct QueryBlock {
   bool folded;
 };
 
-// Returns false if a GEMM failed. bf16: the rounded operands when the bf16 path is taken (never
-// with folded blocks), else null.
+// Returns false if a GEMM failed. bf16: the rounded operands when the bf16 path is taken, else
+// null.
 bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Operands* bf16) {
   const int64_t dh = a.head_dim, h = blk.head, rows = blk.rows, row_begin = blk.row_begin;
   const int64_t b = blk.batch;  // 0 when folded
@@ -205,18 +238,22 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Opera
     return true;
   }
 
-  const float* q = a.q + b * a.q_batch_stride + h * a.q_head_stride + row_begin * a.q_row_stride;
-  const float* k = a.k + b * a.k_batch_stride + h * a.k_head_stride;
-  const float* v = a.v + b * a.v_batch_stride + h * a.v_head_stride;
+  // fp32 operands (null on the bf16 path, whose K/V may be the caller's bf16 only)
+  const float* q = bf16 != nullptr ? nullptr
+                                   : a.q + b * a.q_batch_stride + h * a.q_head_stride +
+                                         row_begin * a.q_row_stride;
+  const float* k = bf16 != nullptr ? nullptr : a.k + b * a.k_batch_stride + h * a.k_head_stride;
+  const float* v = bf16 != nullptr ? nullptr : a.v + b * a.v_batch_stride + h * a.v_head_stride;
   // bf16: the P V product's dense block follows the scores.
   float* scores = thread_scores(rows * keys + (bf16 != nullptr ? rows * dh : 0));
-  const int64_t bf16_head = (b * a.heads + h);  // the head's index in the bf16 operands
+  const int64_t bf16_head = (b * a.heads + h);  // the head's index in the bf16 Q
   // scores[rows, keys] = scale * Q K^T
   if (bf16 != nullptr) {
     try {
       const int64_t w = bf16->qk_width;
-      run_bf16_product({rows, keys, w, keys, true}, bf16->q + (bf16_head * a.tq + row_begin) * w,
-                       bf16->k + bf16_head * a.tk * w, scores);
+      run_bf16_product({rows, keys, w, keys, true, bf16->k_row_stride},
+                       bf16->q + (bf16_head * bf16->q_rows_per_head + row_begin) * w,
+                       bf16->k + b * bf16->k_batch_stride + h * bf16->k_head_stride, scores);
     } catch (const dnnl::error&) {
       return false;
     }
@@ -268,8 +305,8 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Opera
     product = scores + rows * keys;
     product_ld = dh;
     try {
-      run_bf16_product({rows, dh, keys, dh, false}, weights_bf16, bf16->v + bf16_head * a.tk * dh,
-                       product);
+      run_bf16_product({rows, dh, keys, dh, false, bf16->v_row_stride}, weights_bf16,
+                       bf16->v + b * bf16->v_batch_stride + h * bf16->v_head_stride, product);
     } catch (const dnnl::error&) {
       return false;
     }
@@ -289,14 +326,18 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Opera
 
 }  // namespace
 
-bool attention_uses_bf16(int64_t tq, int64_t tk) {
+bool attention_native_bf16() {
   // oneDNN's effective ISA honours ONEDNN_MAX_CPU_ISA; emulated bf16 (avx512_core) is slower
   // than fp32, so only native bf16 counts.
   static const bool native = [] {
     const auto isa = dnnl::get_effective_cpu_isa();
     return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
   }();
-  return native && tq >= kMinBf16Rows && tk >= kMinBf16Keys;
+  return native;
+}
+
+bool attention_uses_bf16(int64_t tq, int64_t tk) {
+  return attention_native_bf16() && tq >= kMinBf16Rows && tk >= kMinBf16Keys;
 }
 
 void attention(const AttentionArgs& a) {
@@ -314,8 +355,25 @@ void attention(const AttentionArgs& a) {
   const int64_t items = outer_batches * a.heads * blocks;
 
   Bf16Operands bf16;
-  const bool use_bf16 = a.bf16_products && !folded && attention_uses_bf16(a.tq, a.tk);
-  if (use_bf16) {
+  const bool given_bf16 = a.k_bf16 != nullptr;  // check_args: then v_bf16 too, and native bf16
+  const bool use_bf16 =
+      given_bf16 || (a.bf16_products && !folded && attention_uses_bf16(a.tq, a.tk));
+  if (given_bf16) {
+    // The caller's K/V (the decoder's cross-attention over the encoder output); Q per head.
+    uint16_t* q = call_buffer(0, outer_batches * a.heads * rows_per_head * a.head_dim);
+    gather_q_bf16(a, folded, rows_per_head, q);
+    bf16 = {q,
+            a.k_bf16,
+            a.v_bf16,
+            a.head_dim,
+            rows_per_head,
+            a.k_batch_stride,
+            a.k_head_stride,
+            a.k_row_stride,
+            a.v_batch_stride,
+            a.v_head_stride,
+            a.v_row_stride};
+  } else if (use_bf16) {
     const int64_t heads = a.batch * a.heads;
     const bool factored = a.bias_q != nullptr && a.bias_k != nullptr;
     const int64_t width = factored ? 2 * a.head_dim : a.head_dim;
@@ -328,7 +386,18 @@ void attention(const AttentionArgs& a) {
                 a.head_dim, 1.f, factored ? a.bias_k : nullptr, k);
     gather_bf16(a.v, a.v_batch_stride, a.v_head_stride, a.v_row_stride, a.batch, a.heads, a.tk,
                 a.head_dim, 1.f, nullptr, v);
-    bf16 = {q, k, v, width};
+    const int64_t dh = a.head_dim;
+    bf16 = {q,
+            k,
+            v,
+            width,
+            a.tq,
+            a.heads * a.tk * width,
+            a.tk * width,
+            width,
+            a.heads * a.tk * dh,
+            a.tk * dh,
+            dh};
   }
   // Exceptions may not leave an OpenMP region, so failures are counted and reported after it.
   int64_t failures = 0;

@@ -105,11 +105,19 @@ struct AttentionArgs {
   // types). Taken only where the CPU multiplies bf16 natively and the products are large (the
   // image stream's self-attention): elsewhere fp32, so the f32 type never changes.
   bool bf16_products = false;
+
+  // Optional: K and V already rounded to bf16, with k's and v's strides (k and v may then be
+  // null): both products run in bf16 whatever their size (the decoder's cross-attention, whose
+  // encoder K/V every step reads). Needs attention_native_bf16() and no factored bias.
+  const uint16_t* k_bf16 = nullptr;
+  const uint16_t* v_bf16 = nullptr;
 };
 void attention(const AttentionArgs& args);
 
+// Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX, as oneDNN's ISA says).
+bool attention_native_bf16();
 // Whether attention() with bf16_products takes the bf16 path for a tq x tk product per head:
-// native bf16 (AVX512-BF16 or AMX, as oneDNN's ISA says) and a large enough product.
+// native bf16 and a large enough product.
 bool attention_uses_bf16(int64_t tq, int64_t tk);
 
 // 2-D convolution, NHWC activations, weights given as PyTorch [O,I,kh,kw] (BatchNorm already

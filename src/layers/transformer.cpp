@@ -93,6 +93,8 @@ void multihead_attention(const float* q, int64_t q_row_stride, const KeyValueVie
   a.bias_q = masking.bias_q;
   a.bias_k = masking.bias_k;
   a.bf16_products = dims.compute_type != ComputeType::kF32;
+  a.k_bf16 = kv.k_bf16;
+  a.v_bf16 = kv.v_bf16;
   kernels::attention(a);
 }
 

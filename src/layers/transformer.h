@@ -82,6 +82,9 @@ struct KeyValueView {
   const float* v = nullptr;
   int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
   int64_t length = 0;
+  // Or K and V in bf16 with the same strides (k and v null): see AttentionArgs::k_bf16.
+  const uint16_t* k_bf16 = nullptr;
+  const uint16_t* v_bf16 = nullptr;
 };
 
 class DecoderLayer {

@@ -7,6 +7,7 @@
 
 #include "core/phase_timer.h"
 #include "kernels/kernels.h"
+#include "kernels/quantize.h"
 #include "model/exit_loop.h"
 #include "model/ofa_model.h"
 
@@ -197,10 +198,27 @@ DecoderState OfaModel::start_decoding(const EncoderOutput& enc, int64_t beams,
   const int64_t heads = config_.attention_heads, dh = dims_.head_dim(), d = config_.d_model;
   const int64_t s_len = enc.image_tokens + enc.text_tokens;
   st.self = KvCache(num_decoder_layers(), rows, heads, max_len, dh);
+  const bool kv_bf16 = compute_type_ != ComputeType::kF32 && kernels::attention_native_bf16();
+  const int64_t elements = enc.batch * s_len * d;
+  Tensor k32, v32;  // bf16: each layer's fp32 projections, before rounding
+  if (kv_bf16) {
+    k32 = Tensor::empty({enc.batch, s_len, d});
+    v32 = Tensor::empty({enc.batch, s_len, d});
+  }
   for (const DecoderLayer& layer : dec_layers_) {
-    Tensor ck = Tensor::empty({enc.batch, s_len, d}), cv = Tensor::empty({enc.batch, s_len, d});
-    layer.cross_attention_kv(enc.states.data<float>(), ck.data<float>(), cv.data<float>(),
-                             enc.batch * s_len);
+    const DType type = kv_bf16 ? DType::kBF16 : DType::kF32;
+    Tensor ck = Tensor::empty({enc.batch, s_len, d}, type);
+    Tensor cv = Tensor::empty({enc.batch, s_len, d}, type);
+    if (kv_bf16) {
+      layer.cross_attention_kv(enc.states.data<float>(), k32.data<float>(), v32.data<float>(),
+                               enc.batch * s_len);
+      PhaseScope timed(Phase::kCrossKeyValue);
+      kernels::detail::to_bf16(k32.data<float>(), static_cast<uint16_t*>(ck.raw()), elements);
+      kernels::detail::to_bf16(v32.data<float>(), static_cast<uint16_t*>(cv.raw()), elements);
+    } else {
+      layer.cross_attention_kv(enc.states.data<float>(), ck.data<float>(), cv.data<float>(),
+                               enc.batch * s_len);
+    }
     st.cross_k.push_back(std::move(ck));
     st.cross_v.push_back(std::move(cv));
   }
@@ -285,12 +303,15 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
       cross_mask.bias_row_stride = s_len;
       cross_mask.key_padding = enc.padding.data<uint8_t>() + sample * s_len;
       cross_mask.key_padding_stride = 0;
-      KeyValueView ckv{st.cross_k[li].data<float>() + sample * s_len * d,
-                       st.cross_v[li].data<float>() + sample * s_len * d,
-                       0,
-                       dh,
-                       d,
-                       s_len};
+      KeyValueView ckv{nullptr, nullptr, 0, dh, d, s_len};
+      const int64_t sample_offset = sample * s_len * d;
+      if (st.cross_k[li].dtype() == DType::kBF16) {
+        ckv.k_bf16 = static_cast<const uint16_t*>(st.cross_k[li].raw()) + sample_offset;
+        ckv.v_bf16 = static_cast<const uint16_t*>(st.cross_v[li].raw()) + sample_offset;
+      } else {
+        ckv.k = st.cross_k[li].data<float>() + sample_offset;
+        ckv.v = st.cross_v[li].data<float>() + sample_offset;
+      }
       layer.cross_attention(buf.h1 + g.offset * d, ckv, g.rows, 1, cross_mask,
                             buf.h2 + g.offset * d, arena);
     }
