@@ -325,7 +325,8 @@ TEST(KernelsAttention, Bf16ProductsStayCloseToTheReference) {
 // The decoder's cross-attention with the encoder K/V kept in bf16 (bf16 and int8 compute types):
 // k and v absent, k_bf16 and v_bf16 with the same strides. Against the reference on the
 // dequantised K/V, within the rounding of Q and the weights; beams sharing K/V (folded) and one
-// query per sample with several query rows, with bias and padding.
+// query per sample with several query rows (all heads in one product per side, or past 16 rows
+// an item per head), with bias and padding.
 TEST(KernelsAttention, GivenBf16KeysAndValuesStayCloseToTheReference) {
   if (!attention_native_bf16()) GTEST_SKIP() << "no native bf16 products on this CPU";
   struct Case {
@@ -335,7 +336,8 @@ TEST(KernelsAttention, GivenBf16KeysAndValuesStayCloseToTheReference) {
   };
   for (const Case& c : {Case{"five beams sharing K/V", 5, 1, 937, true},
                         Case{"one sample, several rows", 1, 7, 300, false},
-                        Case{"two samples, own K/V", 2, 3, 70, false}}) {
+                        Case{"two samples, own K/V", 2, 3, 70, false},
+                        Case{"forty rows: one item per head", 1, 40, 300, false}}) {
     SCOPED_TRACE(c.name);
     TokenMajor t(c.batch, 12, c.tq, c.tk, 64, 30);
     AttentionArgs& a = t.args;

@@ -215,6 +215,37 @@ struct QueryBlock {
   bool folded;
 };
 
+// One row of scores s [keys] of (batch b, head h, query i) to softmax weights: the bias (unless
+// already in the scores), the causal and padding masks, then exp(s - max), in place or as bf16
+// into weights_bf16 (when not null). Returns the sum of the weights.
+float row_weights(const AttentionArgs& a, int64_t b, int64_t h, int64_t i, bool add_bias, float* s,
+                  int64_t keys, uint16_t* weights_bf16) {
+  constexpr float kMasked = -std::numeric_limits<float>::infinity();
+  const float* bias =
+      a.bias != nullptr && add_bias
+          ? a.bias + b * a.bias_batch_stride + h * a.bias_head_stride + i * a.bias_row_stride
+          : nullptr;
+  const uint8_t* padding =
+      a.key_padding != nullptr ? a.key_padding + b * a.key_padding_stride : nullptr;
+  // Separate simple loops: each vectorises, where one fused loop with branches did not.
+  if (bias != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < keys; ++j) s[j] += bias[j];
+  }
+  if (a.causal) {  // keys past i + offset are in this row's future
+    const int64_t visible = std::clamp<int64_t>(i + a.causal_offset + 1, 0, keys);
+    std::fill(s + visible, s + keys, kMasked);
+  }
+  if (padding != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < keys; ++j) s[j] = padding[j] != 0 ? kMasked : s[j];
+  }
+  return weights_bf16 != nullptr
+             ? detail::softmax_weights_bf16(s, keys, weights_bf16)
+             : detail::exp_shifted_row(s, keys,
+                                       Eigen::Map<const Eigen::ArrayXf>(s, keys).maxCoeff());
+}
+
 // Returns false if a GEMM failed. bf16: the rounded operands when the bf16 path is taken, else
 // null.
 bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Operands* bf16) {
@@ -264,37 +295,14 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Opera
 
   // Softmax normalisation and head_scale are applied to the [rows, dh] output rather than to the
   // [rows, keys] weights.
-  constexpr float kMasked = -std::numeric_limits<float>::infinity();
   const float head_scale = a.head_scale != nullptr ? a.head_scale[h] : 1.f;
   float* row_factor = thread_row_factors(rows);
   uint16_t* weights_bf16 = bf16 != nullptr ? thread_weights_bf16(rows * keys) : nullptr;
   const bool bias_folded = bf16 != nullptr && bf16->qk_width == 2 * dh;  // already in the scores
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t row_batch = batch_of(r), i = row_of(r);
-    float* s = scores + r * keys;
-    const float* bias = a.bias != nullptr && !bias_folded
-                            ? a.bias + row_batch * a.bias_batch_stride + h * a.bias_head_stride +
-                                  i * a.bias_row_stride
-                            : nullptr;
-    const uint8_t* padding =
-        a.key_padding != nullptr ? a.key_padding + row_batch * a.key_padding_stride : nullptr;
-    // Separate simple loops: each vectorises, where one fused loop with branches did not.
-    if (bias != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < keys; ++j) s[j] += bias[j];
-    }
-    if (a.causal) {  // keys past i + offset are in this row's future
-      const int64_t visible = std::clamp<int64_t>(i + a.causal_offset + 1, 0, keys);
-      std::fill(s + visible, s + keys, kMasked);
-    }
-    if (padding != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < keys; ++j) s[j] = padding[j] != 0 ? kMasked : s[j];
-    }
-    const float sum = weights_bf16 != nullptr
-                          ? detail::softmax_weights_bf16(s, keys, weights_bf16 + r * keys)
-                          : detail::exp_shifted_row(
-                                s, keys, Eigen::Map<const Eigen::ArrayXf>(s, keys).maxCoeff());
+    const float sum =
+        row_weights(a, batch_of(r), h, row_of(r), !bias_folded, scores + r * keys, keys,
+                    weights_bf16 != nullptr ? weights_bf16 + r * keys : nullptr);
     row_factor[r] = sum > 0.f ? head_scale / sum : 0.f;  // all masked: zeros
   }
   // out[rows, dh] = P V, then each row times head_scale / its softmax sum. The bf16 product
@@ -324,6 +332,102 @@ bool attend_block(const AttentionArgs& a, const QueryBlock& blk, const Bf16Opera
   return true;
 }
 
+// A decoding step: a few query rows per head over the caller's bf16 K/V (the cross-attention of
+// the beams). All heads of an outer batch entry go in one batched oneDNN product per side: two
+// calls a layer, where per-head work items made two per head, and those calls' fixed costs
+// outweighed a 5 x 910 product.
+constexpr int64_t kMaxBatchedHeadRows = 16;
+
+struct HeadsProductKey {
+  int64_t heads, m, n, k, b_head_stride, b_row_stride;
+  bool scores;  // Q K^T ([m, k] x K read as [n, k] rows), else P V
+  int threads;
+  bool operator==(const HeadsProductKey&) const = default;
+};
+
+struct HeadsProductKeyHash {
+  size_t operator()(const HeadsProductKey& key) const {
+    size_t h = std::hash<int64_t>()(key.heads);
+    for (int64_t v : {key.m, key.n, key.k, key.b_head_stride, key.b_row_stride})
+      detail::hash_mix(h, std::hash<int64_t>()(v));
+    detail::hash_mix(h, key.scores);
+    detail::hash_mix(h, static_cast<size_t>(key.threads));
+    return h;
+  }
+};
+
+const Bf16Product& heads_product(const HeadsProductKey& key) {
+  static std::mutex mutex;
+  static std::unordered_map<HeadsProductKey, std::unique_ptr<Bf16Product>, HeadsProductKeyHash>
+      cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[key];
+  if (!slot) {
+    using Type = memory::data_type;
+    auto p = std::make_unique<Bf16Product>();
+    const int64_t h = key.heads, m = key.m, n = key.n, k = key.k;
+    p->src = memory::desc({h, m, k}, Type::bf16, {m * k, k, 1});
+    p->weights =
+        key.scores ? memory::desc({h, k, n}, Type::bf16, {key.b_head_stride, 1, key.b_row_stride})
+                   : memory::desc({h, k, n}, Type::bf16, {key.b_head_stride, key.b_row_stride, 1});
+    p->dst = memory::desc({h, m, n}, Type::f32, {m * n, n, 1});
+    dnnl::matmul::desc desc(p->src, p->weights, p->dst);
+    dnnl::matmul::primitive_desc pd(desc, detail::user_scratchpad_attr(), detail::cpu_engine());
+    p->scratchpad = pd.scratchpad_desc();
+    p->matmul = dnnl::matmul(pd);
+    slot = std::move(p);
+  }
+  return *slot;
+}
+
+void run_heads_product(const HeadsProductKey& key, const uint16_t* a, const uint16_t* b,
+                       float* dst) {
+  const Bf16Product& p = heads_product(key);
+  auto& engine = detail::cpu_engine();
+  p.matmul.execute(detail::cpu_stream(),
+                   {{DNNL_ARG_SRC, memory(p.src, engine, const_cast<uint16_t*>(a))},
+                    {DNNL_ARG_WEIGHTS, memory(p.weights, engine, const_cast<uint16_t*>(b))},
+                    {DNNL_ARG_DST, memory(p.dst, engine, dst)},
+                    {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}});
+  detail::cpu_stream().wait();
+}
+
+// rows: query rows per head (folded: (batch, row) pairs); bf16.q as attention() gathered it.
+void attend_heads_batched(const AttentionArgs& a, bool folded, int64_t rows,
+                          const Bf16Operands& bf16) {
+  const int64_t heads = a.heads, dh = a.head_dim, keys = a.tk, outer = folded ? 1 : a.batch;
+  const int threads = detail::current_threads();
+  float* scores = thread_scores(heads * rows * (keys + dh));
+  float* product = scores + heads * rows * keys;
+  uint16_t* weights = thread_weights_bf16(heads * rows * keys);
+  float* factor = thread_row_factors(heads * rows);
+  for (int64_t ob = 0; ob < outer; ++ob) {
+    run_heads_product({heads, rows, keys, dh, bf16.k_head_stride, bf16.k_row_stride, true, threads},
+                      bf16.q + ob * heads * rows * dh, bf16.k + ob * bf16.k_batch_stride, scores);
+#pragma omp parallel for schedule(static) if (heads * rows * keys >= 16384)
+    for (int64_t hr = 0; hr < heads * rows; ++hr) {
+      const int64_t h = hr / rows, r = hr % rows;
+      const int64_t b = folded ? r / a.tq : ob, i = folded ? r % a.tq : r;
+      const float sum =
+          row_weights(a, b, h, i, true, scores + hr * keys, keys, weights + hr * keys);
+      const float head_scale = a.head_scale != nullptr ? a.head_scale[h] : 1.f;
+      factor[hr] = sum > 0.f ? head_scale / sum : 0.f;  // all masked: zeros
+    }
+    run_heads_product(
+        {heads, rows, dh, keys, bf16.v_head_stride, bf16.v_row_stride, false, threads}, weights,
+        bf16.v + ob * bf16.v_batch_stride, product);
+    for (int64_t hr = 0; hr < heads * rows; ++hr) {
+      const int64_t h = hr / rows, r = hr % rows;
+      const int64_t b = folded ? r / a.tq : ob, i = folded ? r % a.tq : r;
+      float* o = a.out + b * a.out_batch_stride + h * a.out_head_stride + i * a.out_row_stride;
+      const float* p = product + hr * dh;
+      const float f = factor[hr];
+#pragma omp simd
+      for (int64_t d = 0; d < dh; ++d) o[d] = p[d] * f;
+    }
+  }
+}
+
 }  // namespace
 
 bool attention_native_bf16() {
@@ -334,6 +438,18 @@ bool attention_native_bf16() {
     return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
   }();
   return native;
+}
+
+void to_bf16_head_major(const float* x, int64_t batch, int64_t tokens, int64_t heads,
+                        int64_t head_dim, uint16_t* y) {
+#pragma omp parallel for schedule(static) if (batch * tokens * heads * head_dim >= 65536)
+  for (int64_t bt = 0; bt < batch * tokens; ++bt) {
+    const int64_t b = bt / tokens, t = bt % tokens;
+    for (int64_t h = 0; h < heads; ++h) {
+      detail::to_bf16_serial(x + (bt * heads + h) * head_dim, 1.f,
+                             y + ((b * heads + h) * tokens + t) * head_dim, head_dim);
+    }
+  }
 }
 
 bool attention_uses_bf16(int64_t tq, int64_t tk) {
@@ -398,6 +514,14 @@ void attention(const AttentionArgs& a) {
             a.heads * a.tk * dh,
             a.tk * dh,
             dh};
+  }
+  if (given_bf16 && rows_per_head <= kMaxBatchedHeadRows) {
+    try {
+      attend_heads_batched(a, folded, rows_per_head, bf16);
+    } catch (const dnnl::error& e) {
+      detail::rethrow_dnnl("attention: the heads' bf16 products", e);
+    }
+    return;
   }
   // Exceptions may not leave an OpenMP region, so failures are counted and reported after it.
   int64_t failures = 0;

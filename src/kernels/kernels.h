@@ -116,6 +116,11 @@ void attention(const AttentionArgs& args);
 
 // Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX, as oneDNN's ISA says).
 bool attention_native_bf16();
+// Token-major [batch, tokens, heads * head_dim] rounded to bf16 head-major [batch, heads, tokens,
+// head_dim]: given K/V in this layout, a decoding step's products over all heads take oneDNN's
+// fast kernels (with token-major strides it fell back to a slower one).
+void to_bf16_head_major(const float* x, int64_t batch, int64_t tokens, int64_t heads,
+                        int64_t head_dim, uint16_t* y);
 // Whether attention() with bf16_products takes the bf16 path for a tq x tk product per head:
 // native bf16 and a large enough product.
 bool attention_uses_bf16(int64_t tq, int64_t tk);

@@ -7,7 +7,6 @@
 
 #include "core/phase_timer.h"
 #include "kernels/kernels.h"
-#include "kernels/quantize.h"
 #include "model/exit_loop.h"
 #include "model/ofa_model.h"
 
@@ -199,7 +198,6 @@ DecoderState OfaModel::start_decoding(const EncoderOutput& enc, int64_t beams,
   const int64_t s_len = enc.image_tokens + enc.text_tokens;
   st.self = KvCache(num_decoder_layers(), rows, heads, max_len, dh);
   const bool kv_bf16 = compute_type_ != ComputeType::kF32 && kernels::attention_native_bf16();
-  const int64_t elements = enc.batch * s_len * d;
   Tensor k32, v32;  // bf16: each layer's fp32 projections, before rounding
   if (kv_bf16) {
     k32 = Tensor::empty({enc.batch, s_len, d});
@@ -213,8 +211,10 @@ DecoderState OfaModel::start_decoding(const EncoderOutput& enc, int64_t beams,
       layer.cross_attention_kv(enc.states.data<float>(), k32.data<float>(), v32.data<float>(),
                                enc.batch * s_len);
       PhaseScope timed(Phase::kCrossKeyValue);
-      kernels::detail::to_bf16(k32.data<float>(), static_cast<uint16_t*>(ck.raw()), elements);
-      kernels::detail::to_bf16(v32.data<float>(), static_cast<uint16_t*>(cv.raw()), elements);
+      kernels::to_bf16_head_major(k32.data<float>(), enc.batch, s_len, heads, dh,
+                                  static_cast<uint16_t*>(ck.raw()));
+      kernels::to_bf16_head_major(v32.data<float>(), enc.batch, s_len, heads, dh,
+                                  static_cast<uint16_t*>(cv.raw()));
     } else {
       layer.cross_attention_kv(enc.states.data<float>(), ck.data<float>(), cv.data<float>(),
                                enc.batch * s_len);
@@ -305,7 +305,9 @@ Tensor OfaModel::decode_step(DecoderState& st, const std::vector<int64_t>& token
       cross_mask.key_padding_stride = 0;
       KeyValueView ckv{nullptr, nullptr, 0, dh, d, s_len};
       const int64_t sample_offset = sample * s_len * d;
-      if (st.cross_k[li].dtype() == DType::kBF16) {
+      if (st.cross_k[li].dtype() == DType::kBF16) {  // head-major [batch, heads, S, dh]
+        ckv.head_stride = s_len * dh;
+        ckv.row_stride = dh;
         ckv.k_bf16 = static_cast<const uint16_t*>(st.cross_k[li].raw()) + sample_offset;
         ckv.v_bf16 = static_cast<const uint16_t*>(st.cross_v[li].raw()) + sample_offset;
       } else {

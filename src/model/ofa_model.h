@@ -52,8 +52,9 @@ struct DecoderState {
   int64_t step = 0;                 // position of the next token
   std::vector<int64_t> row_sample;  // encoder sample of each row
   KvCache self;
-  // Per layer [batch, S, d]: fp32, or bf16 under the bf16 and int8 compute types on CPUs that
-  // multiply bf16 natively (every step reads them all: half the bytes).
+  // Per layer [batch, S, d] in fp32, or [batch, heads, S, head_dim] in bf16 under the bf16 and
+  // int8 compute types on CPUs that multiply bf16 natively (every step reads them all: half the
+  // bytes, and per head contiguous).
   std::vector<Tensor> cross_k, cross_v;
   const EncoderOutput* encoder = nullptr;
 
