@@ -135,7 +135,39 @@ void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* s
   for (int64_t r = 0; r < m; ++r) row(x + r * k, k, q + r * k, scale + r, zero_point + r);
 }
 
+namespace {
+
+MUE_AVX512_BF16 void range_avx512(const float* x, int64_t n, float* lo, float* hi) {
+  __m512 lo16 = _mm512_set1_ps(*lo), hi16 = _mm512_set1_ps(*hi);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask =
+        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 v = _mm512_mask_loadu_ps(lo16, mask, x + i);  // masked lanes: a value seen
+    lo16 = _mm512_min_ps(lo16, v);
+    hi16 = _mm512_max_ps(hi16, v);
+  }
+  alignas(64) float lows[16], highs[16];  // (GCC 12's _mm512_reduce_min_ps warns)
+  _mm512_store_ps(lows, lo16);
+  _mm512_store_ps(highs, hi16);
+  *lo = *std::min_element(lows, lows + 16);
+  *hi = *std::max_element(highs, highs + 16);
+}
+
+MUE_AVX512_BF16 void quantize_nonnegative_avx512(const float* x, int64_t n, float inv, uint8_t* q) {
+  const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f), top = _mm512_set1_ps(255.f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask =
+        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 v =
+        _mm512_min_ps(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + i), vinv, half), top);
+    _mm_mask_storeu_epi8(q + i, mask, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+  }
+}
+
+}  // namespace
+
 float quantize_nonnegative_u8(const float* x, int64_t n, uint8_t* q) {
+  const bool native = native_bf16_conversion();
   float lo = 0.f, hi = 0.f;
   constexpr int64_t kChunk = 1 << 14;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -145,12 +177,28 @@ float quantize_nonnegative_u8(const float* x, int64_t n, uint8_t* q) {
     if (n >= kMinParallel)
   // clang-format on
   for (int64_t c = 0; c < chunks; ++c) {
-    const Eigen::Map<const Eigen::ArrayXf> values(x + c * kChunk, std::min(kChunk, n - c * kChunk));
-    lo = std::min(lo, values.minCoeff());
-    hi = std::max(hi, values.maxCoeff());
+    const int64_t count = std::min(kChunk, n - c * kChunk);
+    if (native) {
+      float chunk_lo = 0.f, chunk_hi = 0.f;
+      range_avx512(x + c * kChunk, count, &chunk_lo, &chunk_hi);
+      lo = std::min(lo, chunk_lo);
+      hi = std::max(hi, chunk_hi);
+    } else {
+      const Eigen::Map<const Eigen::ArrayXf> values(x + c * kChunk, count);
+      lo = std::min(lo, values.minCoeff());
+      hi = std::max(hi, values.maxCoeff());
+    }
   }
   if (lo < 0.f) return lo;
   const float scale = hi > 0.f ? hi / 255.f : 1.f, inv = 1.f / scale;
+  if (native) {
+#pragma omp parallel for schedule(static) if (n >= kMinParallel)
+    for (int64_t c = 0; c < chunks; ++c) {
+      quantize_nonnegative_avx512(x + c * kChunk, std::min(kChunk, n - c * kChunk), inv,
+                                  q + c * kChunk);
+    }
+    return scale;
+  }
 #pragma omp parallel for simd schedule(static) if (n >= kMinParallel)
   for (int64_t i = 0; i < n; ++i) {
     // 0 <= x / scale <= 255 within rounding: +0.5 and truncation round to nearest.
@@ -289,15 +337,40 @@ void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_sca
   }
 }
 
+namespace {
+
+MUE_AVX512_BF16 void dequantize_conv_row_avx512(const int32_t* a, int64_t channels, float xs,
+                                                const float* w_scale, const float* bias,
+                                                const float* res, bool relu, float* out) {
+  const __m512 vxs = _mm512_set1_ps(xs);
+  for (int64_t c = 0; c < channels; c += 16) {
+    const __mmask16 mask = channels - c >= 16 ? __mmask16(0xFFFF)
+                                              : static_cast<__mmask16>((1u << (channels - c)) - 1u);
+    __m512 v = _mm512_mul_ps(_mm512_mul_ps(vxs, _mm512_maskz_loadu_ps(mask, w_scale + c)),
+                             _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, a + c)));
+    if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + c));
+    if (res != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res + c));
+    if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    _mm512_mask_storeu_ps(out + c, mask, v);
+  }
+}
+
+}  // namespace
+
 void dequantize_conv_s32(const int32_t* acc, int64_t pixels, int64_t channels, float x_scale,
                          const float* w_scale, const float* bias, const float* residual, bool relu,
                          float* y) {
+  const bool native = native_bf16_conversion();
 #pragma omp parallel for schedule(static) if (pixels * channels >= kMinParallel)
   for (int64_t r = 0; r < pixels; ++r) {
     const float xs = x_scale;
     const int32_t* a = acc + r * channels;
     const float* res = residual != nullptr ? residual + r * channels : nullptr;
     float* out = y + r * channels;
+    if (native) {
+      dequantize_conv_row_avx512(a, channels, xs, w_scale, bias, res, relu, out);
+      continue;
+    }
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
       float v = xs * w_scale[c] * static_cast<float>(a[c]);
