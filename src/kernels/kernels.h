@@ -176,6 +176,11 @@ int64_t max_pool_3x3_s2_extent(int64_t in_extent);
 void add_projected_position_bias(const float* q, const float* k, int64_t tq, int64_t tk,
                                  int64_t heads, int64_t head_dim, float* bias, int64_t ld);
 
+// sum_j exp(x[j] - max) accumulated in double (max: the row's maximum; -inf entries add 0), the
+// normaliser of a log-softmax. fp32 exponentials by std::exp, or with `fast`, on CPUs with
+// AVX-512 and AVX512-BF16, a vectorised exp (relative error about 2e-7).
+double sum_exp_shifted(const float* x, int64_t n, float max, bool fast);
+
 // fp32 cosine similarity of two vectors, accumulated in double. Zero vectors give 0.
 double cosine_similarity(const float* a, const float* b, int64_t n);
 

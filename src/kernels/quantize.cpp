@@ -319,6 +319,31 @@ MUE_AVX512_BF16 void dequantize_row_avx512(const int32_t* a, int64_t n, float xs
 
 }  // namespace
 
+namespace {
+
+MUE_AVX512_BF16 double sum_exp_shifted_avx512(const float* x, int64_t n, float max) {
+  const __m512 shift = _mm512_set1_ps(max);
+  __m512d low = _mm512_setzero_pd(), high = _mm512_setzero_pd();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask =
+        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    // masked lanes: exp(-inf) = 0 (the polynomial's input is clamped at -87: about 2e-38)
+    const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask, x + i);
+    const __m512 e = _mm512_maskz_mov_ps(mask, exp_nonpositive_16(_mm512_sub_ps(v, shift)));
+    low = _mm512_add_pd(low, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    high = _mm512_add_pd(
+        high,
+        _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(e), 1))));
+  }
+  alignas(64) double lanes[8];  // (GCC 12's _mm512_reduce_add_pd warns)
+  _mm512_store_pd(lanes, _mm512_add_pd(low, high));
+  double sum = 0;
+  for (double lane : lanes) sum += lane;
+  return sum;
+}
+
+}  // namespace
+
 void dequantize_s32(const int32_t* acc, int64_t m, int64_t n, const float* x_scale,
                     const int32_t* x_zero_point, const float* w_scale, const int32_t* w_row_sum,
                     const float* bias, EpilogueActivation act, float* y) {
@@ -382,3 +407,14 @@ void dequantize_conv_s32(const int32_t* acc, int64_t pixels, int64_t channels, f
 }
 
 }  // namespace mue::kernels::detail
+
+namespace mue::kernels {
+
+double sum_exp_shifted(const float* x, int64_t n, float max, bool fast) {
+  if (fast && detail::native_bf16_conversion()) return detail::sum_exp_shifted_avx512(x, n, max);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  return sum;
+}
+
+}  // namespace mue::kernels
