@@ -42,9 +42,14 @@ MUE_AVX512_BF16 void to_bf16_avx512(const float* x, float scale, uint16_t* y, in
 }  // namespace
 
 bool native_bf16_conversion() {
-  static const bool native =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  // The CPU's flags, and oneDNN's effective ISA, which honours ONEDNN_MAX_CPU_ISA: capped at
+  // AVX2, our kernels too behave as on an AVX2 machine.
+  static const bool native = [] {
+    const auto isa = dnnl::get_effective_cpu_isa();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16") &&
+           (isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx);
+  }();
   return native;
 }
 

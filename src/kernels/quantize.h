@@ -24,8 +24,9 @@ void to_bf16(const float* x, uint16_t* y, int64_t n);
 // The same of scale * x[i], on the calling thread only (for loops already inside a parallel
 // region, where even an inactive nested region costs more than a row's conversion).
 void to_bf16_serial(const float* x, float scale, uint16_t* y, int64_t n);
-// Whether this CPU has AVX-512 with AVX512-BF16: the build's baseline is AVX2, and functions
-// marked MUE_AVX512_BF16 may run only where this is true.
+// Whether this CPU has AVX-512 with AVX512-BF16 and oneDNN's ISA (capped or not by
+// ONEDNN_MAX_CPU_ISA) includes it: the build's baseline is AVX2, and functions marked
+// MUE_AVX512_BF16 run only where this is true.
 bool native_bf16_conversion();
 #define MUE_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 float from_bf16(uint16_t v);
