@@ -67,6 +67,11 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
   const size_t cross_elems = static_cast<size_t>(s_len * d);
   float* ck = arena.floats(batch * cross_elems);
   float* cv = arena.floats(batch * cross_elems);
+  // Under bf16 and int8 with native bf16, the cross-attention reads K/V rounded to bf16,
+  // head-major, as decoding steps do (start_decoding).
+  const bool kv_bf16 = compute_type_ != ComputeType::kF32 && kernels::attention_native_bf16();
+  uint16_t* ck16 = kv_bf16 ? arena.alloc<uint16_t>(batch * cross_elems) : nullptr;
+  uint16_t* cv16 = kv_bf16 ? arena.alloc<uint16_t>(batch * cross_elems) : nullptr;
   std::vector<uint8_t> cross_pad(static_cast<size_t>(batch * s_len));
 
   LayerStack stack;
@@ -98,8 +103,17 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
     cross_mask.bias_row_stride = s_len;
     cross_mask.key_padding = cross_pad.data();
     cross_mask.key_padding_stride = s_len;
-    layer.cross_attention(buf.h1, KeyValueView{ck, cv, s_len * d, dims_.head_dim(), d, s_len}, nb,
-                          t, cross_mask, buf.h2, arena);
+    KeyValueView cross_kv{ck, cv, s_len * d, dims_.head_dim(), d, s_len};
+    if (kv_bf16) {
+      {
+        PhaseScope timed(Phase::kCrossKeyValue);
+        kernels::to_bf16_head_major(ck, nb, s_len, heads, dims_.head_dim(), ck16);
+        kernels::to_bf16_head_major(cv, nb, s_len, heads, dims_.head_dim(), cv16);
+      }
+      cross_kv = KeyValueView{nullptr,          nullptr, s_len * d, s_len * dims_.head_dim(),
+                              dims_.head_dim(), s_len,   ck16,      cv16};
+    }
+    layer.cross_attention(buf.h1, cross_kv, nb, t, cross_mask, buf.h2, arena);
     layer.feed_forward(buf.h2, out, rows, arena);
   };
   stack.on_exit = [&](int, const ExitGroup& g, const float* rows) {
