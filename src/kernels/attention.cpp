@@ -59,19 +59,17 @@ struct Bf16Product {
   memory::desc src, weights, dst, scratchpad;
 };
 
-// Cached per shape (a model has a handful); primitive creation costs milliseconds.
-const Bf16Product& bf16_product(const Bf16ProductKey& key) {
+// oneDNN's matmul of bf16 operands to an fp32 result in the given layouts, cached per key (a
+// model has a handful of shapes; primitive creation costs milliseconds). One cache per key type.
+template <typename Key, typename Hash, typename Descs>
+const Bf16Product& cached_bf16_product(const Key& key, Descs descs) {
   static std::mutex mutex;
-  static std::unordered_map<Bf16ProductKey, std::unique_ptr<Bf16Product>, Bf16ProductKeyHash> cache;
+  static std::unordered_map<Key, std::unique_ptr<Bf16Product>, Hash> cache;
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
   if (!slot) {
-    using Type = memory::data_type;
     auto p = std::make_unique<Bf16Product>();
-    p->src = memory::desc({key.m, key.k}, Type::bf16, {key.k, 1});
-    p->weights = key.scores ? memory::desc({key.k, key.n}, Type::bf16, {1, key.ld_b})
-                            : memory::desc({key.k, key.n}, Type::bf16, {key.ld_b, 1});
-    p->dst = memory::desc({key.m, key.n}, Type::f32, {key.ld_dst, 1});
+    descs(key, p->src, p->weights, p->dst);
     dnnl::matmul::desc desc(p->src, p->weights, p->dst);
     dnnl::matmul::primitive_desc pd(desc, detail::user_scratchpad_attr(), detail::cpu_engine());
     p->scratchpad = pd.scratchpad_desc();
@@ -81,8 +79,7 @@ const Bf16Product& bf16_product(const Bf16ProductKey& key) {
   return *slot;
 }
 
-void run_bf16_product(const Bf16ProductKey& key, const uint16_t* a, const uint16_t* b, float* dst) {
-  const Bf16Product& p = bf16_product(key);
+void execute_bf16_product(const Bf16Product& p, const uint16_t* a, const uint16_t* b, float* dst) {
   auto& engine = detail::cpu_engine();
   p.matmul.execute(detail::cpu_stream(),
                    {{DNNL_ARG_SRC, memory(p.src, engine, const_cast<uint16_t*>(a))},
@@ -90,6 +87,19 @@ void run_bf16_product(const Bf16ProductKey& key, const uint16_t* a, const uint16
                     {DNNL_ARG_DST, memory(p.dst, engine, dst)},
                     {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}});
   detail::cpu_stream().wait();
+}
+
+void run_bf16_product(const Bf16ProductKey& key, const uint16_t* a, const uint16_t* b, float* dst) {
+  using Type = memory::data_type;
+  auto descs = [](const Bf16ProductKey& k, memory::desc& src, memory::desc& weights,
+                  memory::desc& out) {
+    src = memory::desc({k.m, k.k}, Type::bf16, {k.k, 1});
+    weights = k.scores ? memory::desc({k.k, k.n}, Type::bf16, {1, k.ld_b})
+                       : memory::desc({k.k, k.n}, Type::bf16, {k.ld_b, 1});
+    out = memory::desc({k.m, k.n}, Type::f32, {k.ld_dst, 1});
+  };
+  execute_bf16_product(cached_bf16_product<Bf16ProductKey, Bf16ProductKeyHash>(key, descs), a, b,
+                       dst);
 }
 
 // Q (times the scale) rounded to bf16, contiguous [outer batch, heads, rows per head, width];
@@ -356,40 +366,20 @@ struct HeadsProductKeyHash {
   }
 };
 
-const Bf16Product& heads_product(const HeadsProductKey& key) {
-  static std::mutex mutex;
-  static std::unordered_map<HeadsProductKey, std::unique_ptr<Bf16Product>, HeadsProductKeyHash>
-      cache;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = cache[key];
-  if (!slot) {
-    using Type = memory::data_type;
-    auto p = std::make_unique<Bf16Product>();
-    const int64_t h = key.heads, m = key.m, n = key.n, k = key.k;
-    p->src = memory::desc({h, m, k}, Type::bf16, {m * k, k, 1});
-    p->weights =
-        key.scores ? memory::desc({h, k, n}, Type::bf16, {key.b_head_stride, 1, key.b_row_stride})
-                   : memory::desc({h, k, n}, Type::bf16, {key.b_head_stride, key.b_row_stride, 1});
-    p->dst = memory::desc({h, m, n}, Type::f32, {m * n, n, 1});
-    dnnl::matmul::desc desc(p->src, p->weights, p->dst);
-    dnnl::matmul::primitive_desc pd(desc, detail::user_scratchpad_attr(), detail::cpu_engine());
-    p->scratchpad = pd.scratchpad_desc();
-    p->matmul = dnnl::matmul(pd);
-    slot = std::move(p);
-  }
-  return *slot;
-}
-
 void run_heads_product(const HeadsProductKey& key, const uint16_t* a, const uint16_t* b,
                        float* dst) {
-  const Bf16Product& p = heads_product(key);
-  auto& engine = detail::cpu_engine();
-  p.matmul.execute(detail::cpu_stream(),
-                   {{DNNL_ARG_SRC, memory(p.src, engine, const_cast<uint16_t*>(a))},
-                    {DNNL_ARG_WEIGHTS, memory(p.weights, engine, const_cast<uint16_t*>(b))},
-                    {DNNL_ARG_DST, memory(p.dst, engine, dst)},
-                    {DNNL_ARG_SCRATCHPAD, detail::thread_scratchpad(p.scratchpad)}});
-  detail::cpu_stream().wait();
+  using Type = memory::data_type;
+  auto descs = [](const HeadsProductKey& key, memory::desc& src, memory::desc& weights,
+                  memory::desc& out) {
+    const int64_t h = key.heads, m = key.m, n = key.n, k = key.k;
+    src = memory::desc({h, m, k}, Type::bf16, {m * k, k, 1});
+    weights = key.scores
+                  ? memory::desc({h, k, n}, Type::bf16, {key.b_head_stride, 1, key.b_row_stride})
+                  : memory::desc({h, k, n}, Type::bf16, {key.b_head_stride, key.b_row_stride, 1});
+    out = memory::desc({h, m, n}, Type::f32, {m * n, n, 1});
+  };
+  execute_bf16_product(cached_bf16_product<HeadsProductKey, HeadsProductKeyHash>(key, descs), a, b,
+                       dst);
 }
 
 // rows: query rows per head (folded: (batch, row) pairs); bf16.q as attention() gathered it.

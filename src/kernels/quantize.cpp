@@ -33,7 +33,7 @@ MUE_AVX512_BF16 void to_bf16_avx512(const float* x, float scale, uint16_t* y, in
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), std::bit_cast<__m256i>(v));
   }
   if (i < n) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __mmask16 tail = lane_mask16(n - i);
     const __m256bh v = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + i), s));
     _mm256_mask_storeu_epi16(y + i, tail, std::bit_cast<__m256i>(v));
   }
@@ -98,23 +98,28 @@ void quantize_row_portable(const float* row, int64_t k, uint8_t* out, float* sca
   }
 }
 
+// The range of x [n] widened by *lo and *hi (which it updates), in AVX-512.
+MUE_AVX512_BF16 void range_avx512(const float* x, int64_t n, float* lo, float* hi) {
+  __m512 lo16 = _mm512_set1_ps(*lo), hi16 = _mm512_set1_ps(*hi);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = lane_mask16(n - i);
+    const __m512 v = _mm512_mask_loadu_ps(lo16, mask, x + i);  // masked lanes: a value seen
+    lo16 = _mm512_min_ps(lo16, v);
+    hi16 = _mm512_max_ps(hi16, v);
+  }
+  alignas(64) float lows[16], highs[16];  // (GCC 12's _mm512_reduce_min_ps warns)
+  _mm512_store_ps(lows, lo16);
+  _mm512_store_ps(highs, hi16);
+  *lo = *std::min_element(lows, lows + 16);
+  *hi = *std::max_element(highs, highs + 16);
+}
+
 // The same in AVX-512: one pass for the range, one to quantise (x * inv + offset as one fused
 // multiply-add, clamped, truncated, narrowed with vpmovdb).
 MUE_AVX512_BF16 void quantize_row_avx512(const float* row, int64_t k, uint8_t* out, float* scale,
                                          int32_t* zero_point) {
-  __m512 lo16 = _mm512_setzero_ps(), hi16 = _mm512_setzero_ps();
-  for (int64_t i = 0; i < k; i += 16) {
-    const __mmask16 mask =
-        k - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (k - i)) - 1u);
-    const __m512 v = _mm512_maskz_loadu_ps(mask, row + i);  // masked lanes read 0: in range
-    lo16 = _mm512_min_ps(lo16, v);
-    hi16 = _mm512_max_ps(hi16, v);
-  }
-  // (lane by lane: GCC 12's _mm512_reduce_min_ps warns of an uninitialised temporary)
-  alignas(64) float lows[16], highs[16];
-  _mm512_store_ps(lows, lo16);
-  _mm512_store_ps(highs, hi16);
-  const float lo = *std::min_element(lows, lows + 16), hi = *std::max_element(highs, highs + 16);
+  float lo = 0.f, hi = 0.f;  // the range widened to hold 0
+  range_avx512(row, k, &lo, &hi);
   const float s = hi > lo ? (hi - lo) / 255.f : 1.f;
   const int32_t zp = static_cast<int32_t>(std::nearbyint(-lo / s));
   *scale = s;
@@ -122,8 +127,7 @@ MUE_AVX512_BF16 void quantize_row_avx512(const float* row, int64_t k, uint8_t* o
   const __m512 inv = _mm512_set1_ps(1.f / s), offset = _mm512_set1_ps(float(zp) + 0.5f);
   const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.f);
   for (int64_t i = 0; i < k; i += 16) {
-    const __mmask16 mask =
-        k - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (k - i)) - 1u);
+    const __mmask16 mask = lane_mask16(k - i);
     const __m512 v = _mm512_min_ps(
         _mm512_max_ps(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, row + i), inv, offset), zero),
         top);
@@ -142,27 +146,10 @@ void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* s
 
 namespace {
 
-MUE_AVX512_BF16 void range_avx512(const float* x, int64_t n, float* lo, float* hi) {
-  __m512 lo16 = _mm512_set1_ps(*lo), hi16 = _mm512_set1_ps(*hi);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask =
-        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
-    const __m512 v = _mm512_mask_loadu_ps(lo16, mask, x + i);  // masked lanes: a value seen
-    lo16 = _mm512_min_ps(lo16, v);
-    hi16 = _mm512_max_ps(hi16, v);
-  }
-  alignas(64) float lows[16], highs[16];  // (GCC 12's _mm512_reduce_min_ps warns)
-  _mm512_store_ps(lows, lo16);
-  _mm512_store_ps(highs, hi16);
-  *lo = *std::min_element(lows, lows + 16);
-  *hi = *std::max_element(highs, highs + 16);
-}
-
 MUE_AVX512_BF16 void quantize_nonnegative_avx512(const float* x, int64_t n, float inv, uint8_t* q) {
   const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f), top = _mm512_set1_ps(255.f);
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask =
-        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __mmask16 mask = lane_mask16(n - i);
     const __m512 v =
         _mm512_min_ps(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + i), vinv, half), top);
     _mm_mask_storeu_epi8(q + i, mask, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
@@ -309,8 +296,7 @@ MUE_AVX512_BF16 void dequantize_row_avx512(const int32_t* a, int64_t n, float xs
   const __m512 vxs = _mm512_set1_ps(xs);
   const __m512i vzp = _mm512_set1_epi32(zp);
   for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 mask =
-        n - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+    const __mmask16 mask = lane_mask16(n - j);
     const __m512i acc = _mm512_maskz_loadu_epi32(mask, a + j);
     const __m512i sum = _mm512_maskz_loadu_epi32(mask, w_row_sum + j);
     const __m512 q = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_mullo_epi32(vzp, sum)));
@@ -330,8 +316,7 @@ MUE_AVX512_BF16 double sum_exp_shifted_avx512(const float* x, int64_t n, float m
   const __m512 shift = _mm512_set1_ps(max);
   __m512d low = _mm512_setzero_pd(), high = _mm512_setzero_pd();
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask =
-        n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __mmask16 mask = lane_mask16(n - i);
     // masked lanes: exp(-inf) = 0 (the polynomial's input is clamped at -87: about 2e-38)
     const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask, x + i);
     const __m512 e = _mm512_maskz_mov_ps(mask, exp_nonpositive_16(_mm512_sub_ps(v, shift)));
@@ -374,8 +359,7 @@ MUE_AVX512_BF16 void dequantize_conv_row_avx512(const int32_t* a, int64_t channe
                                                 const float* res, bool relu, float* out) {
   const __m512 vxs = _mm512_set1_ps(xs);
   for (int64_t c = 0; c < channels; c += 16) {
-    const __mmask16 mask = channels - c >= 16 ? __mmask16(0xFFFF)
-                                              : static_cast<__mmask16>((1u << (channels - c)) - 1u);
+    const __mmask16 mask = lane_mask16(channels - c);
     __m512 v = _mm512_mul_ps(_mm512_mul_ps(vxs, _mm512_maskz_loadu_ps(mask, w_scale + c)),
                              _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, a + c)));
     if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + c));

@@ -29,6 +29,10 @@ void to_bf16_serial(const float* x, float scale, uint16_t* y, int64_t n);
 // MUE_AVX512_BF16 run only where this is true.
 bool native_bf16_conversion();
 #define MUE_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+// The lanes of a 16-wide step with `remaining` elements left: all 16, or the first `remaining`.
+inline uint16_t lane_mask16(int64_t remaining) {
+  return remaining >= 16 ? uint16_t{0xFFFF} : static_cast<uint16_t>((1u << remaining) - 1u);
+}
 float from_bf16(uint16_t v);
 
 // Dynamic per-row asymmetric quantisation of x [m, k] to u8: the range of each row, widened to

@@ -44,7 +44,7 @@ MUE_AVX512_BF16 float softmax_weights_bf16_avx512(const float* x, int64_t n, uin
   __m512 vmax = minus_inf;
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + j));
-  const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1u);
+  const __mmask16 tail = lane_mask16(n - j);
   if (j < n) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(minus_inf, tail, x + j));
   const float max = _mm512_reduce_max_ps(vmax);
   if (max == -std::numeric_limits<float>::infinity()) {
