@@ -199,7 +199,7 @@ TEST(KernelsSoftmax, Bf16RowWeightsNativeMatchPortable) {
     EXPECT_EQ(portable, reference);
     EXPECT_EQ(sum_portable, want);
     const float sum_native = detail::softmax_weights_bf16(x.data(), n, native.data());
-    EXPECT_EQ(native, reference) << "native: " << detail::softmax_weights_bf16_native();
+    EXPECT_EQ(native, reference) << "native: " << detail::native_bf16_conversion();
     EXPECT_NEAR(sum_native, want, 1e-6f * want);
     if (n > 3) {
       EXPECT_EQ(native[n / 3], 0) << "a masked key gets exactly zero weight";

@@ -193,8 +193,7 @@ struct PackedLinear::Impl {
     return bytes;
   }
 
-  void forward_int8(const LinearPrimitive& p, const float* x, float* y, int64_t m,
-                    Activation act) const {
+  void forward_int8(const float* x, float* y, int64_t m, Activation act) const {
     // Tall inputs (the image stream's 900 tokens) go in row blocks, one per thread at a time:
     // each block's s32 product (128 x 3072 x 4 bytes = 1.5 MB) is scaled back while it is still
     // in that core's L2, where one product over all rows wrote 11 MB to memory and read it back.
@@ -220,7 +219,10 @@ struct PackedLinear::Impl {
       if (failure) std::rethrow_exception(failure);
       return;
     }
-    forward_int8_rows(p, x, y, m, act);
+    // The epilogue owns bias and activation, so one primitive serves every layer of a shape.
+    forward_int8_rows(
+        cached_linear({m, n, k, false, Activation::kNone, threads, true, ComputeType::kInt8}), x, y,
+        m, act);
   }
 
   void forward_int8_rows(const LinearPrimitive& p, const float* x, float* y, int64_t m,
@@ -310,14 +312,13 @@ void PackedLinear::forward(const float* x, float* y, int64_t m, Activation act) 
   check_linear_args("PackedLinear", x, true, y, m, impl_->n, impl_->k);
   if (m == 0) return;
   try {
-    // int8's bias and activation are the epilogue's, so one primitive serves every layer shape.
-    const bool int8 = impl_->type == ComputeType::kInt8;
-    const LinearPrimitive p = cached_linear({m, impl_->n, impl_->k, !int8 && bool(impl_->bias),
-                                             int8 ? Activation::kNone : act,
+    if (impl_->type == ComputeType::kInt8) {  // looks up its primitives per row block
+      impl_->forward_int8(x, y, m, act);
+      return;
+    }
+    const LinearPrimitive p = cached_linear({m, impl_->n, impl_->k, bool(impl_->bias), act,
                                              detail::current_threads(), true, impl_->type});
-    if (int8) {
-      impl_->forward_int8(p, x, y, m, act);
-    } else if (impl_->type == ComputeType::kBF16) {
+    if (impl_->type == ComputeType::kBF16) {
       auto* x16 = static_cast<uint16_t*>(detail::thread_buffer(0, m * impl_->k * sizeof(uint16_t)));
       detail::to_bf16(x, x16, m * impl_->k);
       run_linear(p, x16, impl_->weights_as(p.weights), impl_->bias, y);

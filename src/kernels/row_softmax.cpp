@@ -69,12 +69,10 @@ MUE_AVX512_BF16 float softmax_weights_bf16_avx512(const float* x, int64_t n, uin
 
 }  // namespace
 
-bool softmax_weights_bf16_native() { return native_bf16_conversion(); }
-
 float softmax_weights_bf16(const float* x, int64_t n, uint16_t* y, bool allow_native) {
   if (n <= 0) return 0.f;
-  return allow_native && softmax_weights_bf16_native() ? softmax_weights_bf16_avx512(x, n, y)
-                                                       : softmax_weights_bf16_portable(x, n, y);
+  return allow_native && native_bf16_conversion() ? softmax_weights_bf16_avx512(x, n, y)
+                                                  : softmax_weights_bf16_portable(x, n, y);
 }
 
 }  // namespace mue::kernels::detail

@@ -71,8 +71,6 @@ inline float exp_shifted_row_bf16(const float* x, int64_t n, float max, uint16_t
 // AVX512-BF16 an AVX-512 version runs instead (row_softmax.cpp): the same arithmetic, but the sum
 // is added in 16 lanes, so it may differ from the portable one's in the last bits.
 float softmax_weights_bf16(const float* x, int64_t n, uint16_t* y, bool allow_native = true);
-// Whether softmax_weights_bf16 takes its AVX-512 version on this CPU.
-bool softmax_weights_bf16_native();
 
 // x <- softmax(x). An all -inf row becomes zeros.
 inline void softmax_row(float* x, int64_t n) {

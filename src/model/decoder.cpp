@@ -67,9 +67,7 @@ Tensor OfaModel::decode_full(const EncoderOutput& enc, const Tensor& prev_tokens
   const size_t cross_elems = static_cast<size_t>(s_len * d);
   float* ck = arena.floats(batch * cross_elems);
   float* cv = arena.floats(batch * cross_elems);
-  // Under bf16 and int8 with native bf16, the cross-attention reads K/V rounded to bf16,
-  // head-major, as decoding steps do (start_decoding).
-  const bool kv_bf16 = compute_type_ != ComputeType::kF32 && kernels::attention_native_bf16();
+  const bool kv_bf16 = cross_kv_bf16();
   uint16_t* ck16 = kv_bf16 ? arena.alloc<uint16_t>(batch * cross_elems) : nullptr;
   uint16_t* cv16 = kv_bf16 ? arena.alloc<uint16_t>(batch * cross_elems) : nullptr;
   std::vector<uint8_t> cross_pad(static_cast<size_t>(batch * s_len));
@@ -196,6 +194,10 @@ double OfaModel::answer_confidence(const float* states, int64_t n, const std::ve
   return least;
 }
 
+bool OfaModel::cross_kv_bf16() const {
+  return compute_type_ != ComputeType::kF32 && kernels::attention_native_bf16();
+}
+
 DecoderState OfaModel::start_decoding(const EncoderOutput& enc, int64_t beams,
                                       int64_t max_len) const {
   if (beams < 1) throw Error("beams must be at least 1, got " + std::to_string(beams));
@@ -211,7 +213,7 @@ DecoderState OfaModel::start_decoding(const EncoderOutput& enc, int64_t beams,
   const int64_t heads = config_.attention_heads, dh = dims_.head_dim(), d = config_.d_model;
   const int64_t s_len = enc.image_tokens + enc.text_tokens;
   st.self = KvCache(num_decoder_layers(), rows, heads, max_len, dh);
-  const bool kv_bf16 = compute_type_ != ComputeType::kF32 && kernels::attention_native_bf16();
+  const bool kv_bf16 = cross_kv_bf16();
   Tensor k32, v32;  // bf16: each layer's fp32 projections, before rounding
   if (kv_bf16) {
     k32 = Tensor::empty({enc.batch, s_len, d});

@@ -163,6 +163,9 @@ class OfaModel {
                               int64_t sample);
   void add_text_rel_bias(const Tensor& table, int64_t t, float* bias, int64_t ld, int64_t q_offset,
                          int64_t k_offset, int64_t tq) const;
+  // Whether cross-attention reads the encoder K/V in bf16, head-major (bf16 and int8 compute
+  // types on CPUs that multiply bf16 natively): the one-pass decoder and decoding steps alike.
+  bool cross_kv_bf16() const;
 
   ModelConfig config_;
   ComputeType compute_type_ = ComputeType::kF32;
