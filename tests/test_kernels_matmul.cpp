@@ -384,6 +384,71 @@ TEST(KernelsPackedLinear, Int8RowBlocksGiveEachRowItsOwnBits) {
   set_num_threads(0);
 }
 
+// A linear layer that does its LayerNorms and residual itself (FusedRows) gives the bits of
+// layer_norm(), the plain layer, layer_norm() and the add, under every type: one row (the
+// decoder), a few, and the int8 row blocks; with and without affine parameters.
+TEST(KernelsPackedLinear, FusedRowsGiveTheBitsOfTheSeparateSteps) {
+  const int64_t n = 160, k = 96, rows = 900;
+  const auto w = random_vector(n * k, 970, -0.1f, 0.1f), b = random_vector(n, 971);
+  // An offset and a spread per row, so that the normalisation changes the quantised values.
+  const auto x = random_vector(rows * k, 972, -3.f, 5.f), residual = random_vector(rows * n, 975);
+  const auto gamma_in = random_vector(k, 973, 0.5f, 1.5f), beta_in = random_vector(k, 974);
+  const auto gamma_out = random_vector(n, 976, 0.5f, 1.5f), beta_out = random_vector(n, 977);
+  for (ComputeType type : {ComputeType::kF32, ComputeType::kBF16, ComputeType::kInt8}) {
+    if (!compute_type_supported(type)) continue;
+    const PackedLinear packed(w.data(), b.data(), n, k, type);
+    for (int parts : {1, 2, 3, 7}) {  // bits: input norm, output norm, residual
+      for (bool affine : {true, false}) {
+        const RowLayerNorm in_norm{affine ? gamma_in.data() : nullptr,
+                                   affine ? beta_in.data() : nullptr, 1e-5f};
+        const RowLayerNorm out_norm{affine ? gamma_out.data() : nullptr,
+                                    affine ? beta_out.data() : nullptr, 1e-6f};
+        FusedRows fused;
+        if (parts & 1) fused.input_norm = &in_norm;
+        if (parts & 2) fused.output_norm = &out_norm;
+        if (parts & 4) fused.residual = residual.data();
+        for (int64_t m : {1, 5, 900}) {
+          SCOPED_TRACE(std::string(compute_type_name(type)) + " m=" + std::to_string(m) +
+                       " parts=" + std::to_string(parts) + (affine ? " affine" : " no affine"));
+          // 64-byte aligned rows, as the engine's arena gives: Eigen's sums over a row start at
+          // its first aligned element, so equal bits need equally aligned rows.
+          Tensor normed = Tensor::empty({m, k}), expected_t = Tensor::empty({m, n}),
+                 got_t = Tensor::empty({m, n});
+          float* e = expected_t.data<float>();
+          float* g = got_t.data<float>();
+          std::copy(x.begin(), x.begin() + m * k, normed.data<float>());
+          if (fused.input_norm) {
+            layer_norm(x.data(), in_norm.gamma, in_norm.beta, normed.data<float>(), m, k,
+                       in_norm.eps);
+          }
+          packed.forward(normed.data<float>(), e, m, Activation::kGelu);
+          if (fused.output_norm)
+            layer_norm(e, out_norm.gamma, out_norm.beta, e, m, n, out_norm.eps);
+          if (fused.residual) {
+            for (int64_t i = 0; i < m * n; ++i) e[i] += residual[i];
+          }
+          packed.forward(x.data(), g, m, Activation::kGelu, fused);
+          EXPECT_EQ(std::vector<float>(g, g + m * n), std::vector<float>(e, e + m * n));
+        }
+      }
+    }
+  }
+}
+
+TEST(KernelsPackedLinear, ResidualThatIsTheOutputIsRefused) {
+  const auto w = random_vector(12, 980);
+  const PackedLinear packed(w.data(), nullptr, 4, 3);
+  std::vector<float> x(3, 1.f), y(4, 0.f);
+  FusedRows fused;
+  fused.residual = y.data();
+  try {
+    packed.forward(x.data(), y.data(), 1, Activation::kNone, fused);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("residual"), std::string::npos) << e.what();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(ComputeTypes, KernelsPackedLinearTyped,
                          ::testing::Values(ComputeType::kBF16, ComputeType::kInt8),
                          [](const auto& info) {

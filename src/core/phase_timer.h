@@ -13,7 +13,8 @@
 namespace mue {
 
 enum class Phase : int {
-  kGemm,              // linear layers inside the decoder layers
+  kGemm,              // linear layers inside the decoder layers, with the LayerNorms and residual
+                      // adds they fuse (Linear::forward with a LinearFusion)
   kCrossKeyValue,     // the cross-attention K/V projection of the encoder output
   kAttention,         // the attention kernel calls
   kOutputProjection,  // the final LayerNorm and the projection onto the vocabulary

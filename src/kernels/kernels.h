@@ -25,6 +25,25 @@ void linear(const float* x, const float* w, const float* bias, float* y, int64_t
 // `type` (mue/compute_type.h; kAuto is resolved here) is the GEMM's precision: the weights are
 // converted once, here; inputs and outputs stay fp32 for the caller. bf16 and int8 outputs
 // differ from f32 by their rounding (tests/test_kernels_matmul.cpp states the tolerances).
+// A LayerNorm's parameters, for kernels that normalise their input rows themselves; gamma and
+// beta may be null (identity), as for layer_norm().
+struct RowLayerNorm {
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  float eps = 1e-5f;
+};
+
+// Row-wise work a linear layer does around its product, each part optional: the input rows
+// normalised before it (LN_in), the output rows normalised after bias and activation (LN_out),
+// then a residual [m, n] added (it must not alias the output). Under bf16 and int8 an input row is
+// normalised while it is converted, and under int8 an output row is finished while its block
+// is in cache, so neither LN(x) nor the unnormalised output goes through memory.
+struct FusedRows {
+  const RowLayerNorm* input_norm = nullptr;
+  const RowLayerNorm* output_norm = nullptr;
+  const float* residual = nullptr;
+};
+
 class PackedLinear {
  public:
   PackedLinear();  // empty: forward() throws
@@ -42,8 +61,11 @@ class PackedLinear {
   ComputeType compute_type() const;
   // Bytes of packed weights, bias and int8 scales this layer holds.
   size_t weight_bytes() const;
-  // y[m,n] = act(x[m,k] * w[n,k]^T + bias[n]); same contract as linear().
-  void forward(const float* x, float* y, int64_t m, Activation act = Activation::kNone) const;
+  // y[m,n] = act(x[m,k] * w[n,k]^T + bias[n]); same contract as linear(). With `fused`,
+  // y = LN_out(act(LN_in(x) W^T + b)) + residual, the same bits as the separate layer_norm()
+  // calls and the add (see FusedRows).
+  void forward(const float* x, float* y, int64_t m, Activation act = Activation::kNone,
+               const FusedRows& fused = {}) const;
 
  private:
   struct Impl;

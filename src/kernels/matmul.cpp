@@ -19,6 +19,7 @@
 #include "kernels/dnnl_context.h"
 #include "kernels/kernels.h"
 #include "kernels/quantize.h"
+#include "kernels/row_norm.h"
 
 namespace mue::kernels {
 namespace {
@@ -193,7 +194,8 @@ struct PackedLinear::Impl {
     return bytes;
   }
 
-  void forward_int8(const float* x, float* y, int64_t m, Activation act) const {
+  void forward_int8(const float* x, float* y, int64_t m, Activation act,
+                    const FusedRows& fused) const {
     // Tall inputs (the image stream's 900 tokens) go in row blocks, one per thread at a time:
     // each block's s32 product (128 x 3072 x 4 bytes = 1.5 MB) is scaled back while it is still
     // in that core's L2, where one product over all rows wrote 11 MB to memory and read it back.
@@ -210,7 +212,9 @@ struct PackedLinear::Impl {
           // Looked up (and created) inside the region: oneDNN sizes it for the one thread there.
           const LinearPrimitive block =
               cached_linear({count, n, k, false, Activation::kNone, 1, true, ComputeType::kInt8});
-          forward_int8_rows(block, x + first * k, y + first * n, count, act);
+          FusedRows rows = fused;
+          if (rows.residual != nullptr) rows.residual += first * n;
+          forward_int8_rows(block, x + first * k, y + first * n, count, act, rows);
         } catch (...) {
 #pragma omp critical(mue_int8_row_block_failure)
           if (!failure) failure = std::current_exception();
@@ -222,16 +226,16 @@ struct PackedLinear::Impl {
     // The epilogue owns bias and activation, so one primitive serves every layer of a shape.
     forward_int8_rows(
         cached_linear({m, n, k, false, Activation::kNone, threads, true, ComputeType::kInt8}), x, y,
-        m, act);
+        m, act, fused);
   }
 
   void forward_int8_rows(const LinearPrimitive& p, const float* x, float* y, int64_t m,
-                         Activation act) const {
+                         Activation act, const FusedRows& fused) const {
     auto* q = static_cast<uint8_t*>(detail::thread_buffer(0, m * k));
     auto* scale = static_cast<float*>(detail::thread_buffer(1, m * sizeof(float)));
     auto* zero_point = static_cast<int32_t*>(detail::thread_buffer(2, m * sizeof(int32_t)));
     auto* acc = static_cast<int32_t*>(detail::thread_buffer(3, m * n * sizeof(int32_t)));
-    detail::quantize_rows_u8(x, m, k, q, scale, zero_point);
+    detail::quantize_rows_u8(x, m, k, q, scale, zero_point, fused.input_norm);
     run_linear(p, q, weights_as(p.weights), memory(), acc);
     using Epilogue = detail::EpilogueActivation;
     const Epilogue epilogue = act == Activation::kRelu   ? Epilogue::kRelu
@@ -239,6 +243,8 @@ struct PackedLinear::Impl {
                                                          : Epilogue::kNone;
     detail::dequantize_s32(acc, m, n, scale, zero_point, weight_scale.data(), weight_row_sum.data(),
                            bias_int8.empty() ? nullptr : bias_int8.data(), epilogue, y);
+    // Inside a row block's region these rows are still in this core's L2.
+    detail::normalize_add_rows(y, m, n, fused.output_norm, fused.residual, !omp_in_parallel());
   }
 };
 
@@ -307,24 +313,39 @@ ComputeType PackedLinear::compute_type() const {
 }
 size_t PackedLinear::weight_bytes() const { return impl_ != nullptr ? impl_->weight_bytes() : 0; }
 
-void PackedLinear::forward(const float* x, float* y, int64_t m, Activation act) const {
+void PackedLinear::forward(const float* x, float* y, int64_t m, Activation act,
+                           const FusedRows& fused) const {
   if (impl_ == nullptr) throw Error("PackedLinear: forward on an empty or moved-from layer");
   check_linear_args("PackedLinear", x, true, y, m, impl_->n, impl_->k);
   if (m == 0) return;
+  if (fused.residual != nullptr && fused.residual == y) {
+    throw Error("PackedLinear: the residual to add must not be the output itself");
+  }
   try {
     if (impl_->type == ComputeType::kInt8) {  // looks up its primitives per row block
-      impl_->forward_int8(x, y, m, act);
+      impl_->forward_int8(x, y, m, act, fused);
       return;
     }
     const LinearPrimitive p = cached_linear({m, impl_->n, impl_->k, bool(impl_->bias), act,
                                              detail::current_threads(), true, impl_->type});
+    const int64_t count = m * impl_->k;
+    const RowLayerNorm* norm = fused.input_norm;
     if (impl_->type == ComputeType::kBF16) {
-      auto* x16 = static_cast<uint16_t*>(detail::thread_buffer(0, m * impl_->k * sizeof(uint16_t)));
-      detail::to_bf16(x, x16, m * impl_->k);
+      auto* x16 = static_cast<uint16_t*>(detail::thread_buffer(0, count * sizeof(uint16_t)));
+      if (norm != nullptr) {
+        detail::to_bf16_normed_rows(x, m, impl_->k, *norm, x16);
+      } else {
+        detail::to_bf16(x, x16, count);
+      }
       run_linear(p, x16, impl_->weights_as(p.weights), impl_->bias, y);
+    } else if (norm != nullptr) {
+      auto* normed = static_cast<float*>(detail::thread_buffer(0, count * sizeof(float)));
+      layer_norm(x, norm->gamma, norm->beta, normed, m, impl_->k, norm->eps);
+      run_linear(p, normed, impl_->weights_as(p.weights), impl_->bias, y);
     } else {
       run_linear(p, x, impl_->weights_as(p.weights), impl_->bias, y);
     }
+    detail::normalize_add_rows(y, m, impl_->n, fused.output_norm, fused.residual, true);
   } catch (const dnnl::error& e) {
     detail::rethrow_dnnl("PackedLinear", e);
   }

@@ -9,12 +9,22 @@
 #include <cmath>
 #include <cstring>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <vector>
 
 #include "kernels/eigen.h"
+#include "kernels/kernels.h"
+#include "kernels/row_norm.h"
 
 namespace mue::kernels::detail {
 namespace {
 constexpr int64_t kMinParallel = 1 << 16;  // elements; below this a parallel region costs more
+
+// One normalised row, per thread: it stays in L1 between LayerNorm and the conversion.
+float* normed_row_buffer(int64_t k) {
+  thread_local std::vector<float> row;
+  if (row.size() < static_cast<size_t>(k)) row.resize(static_cast<size_t>(k));
+  return row.data();
+}
 }  // namespace
 
 namespace {
@@ -138,10 +148,29 @@ MUE_AVX512_BF16 void quantize_row_avx512(const float* row, int64_t k, uint8_t* o
 }  // namespace
 
 void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* scale,
-                      int32_t* zero_point) {
+                      int32_t* zero_point, const RowLayerNorm* norm) {
   auto* row = native_bf16_conversion() ? quantize_row_avx512 : quantize_row_portable;
+  if (norm == nullptr) {
 #pragma omp parallel for schedule(static) if (m * k >= kMinParallel)
-  for (int64_t r = 0; r < m; ++r) row(x + r * k, k, q + r * k, scale + r, zero_point + r);
+    for (int64_t r = 0; r < m; ++r) row(x + r * k, k, q + r * k, scale + r, zero_point + r);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (m * k >= kMinParallel)
+  for (int64_t r = 0; r < m; ++r) {
+    float* normed = normed_row_buffer(k);
+    layer_norm_row(x + r * k, norm->gamma, norm->beta, normed, k, norm->eps);
+    row(normed, k, q + r * k, scale + r, zero_point + r);
+  }
+}
+
+void to_bf16_normed_rows(const float* x, int64_t m, int64_t k, const RowLayerNorm& norm,
+                         uint16_t* y) {
+#pragma omp parallel for schedule(static) if (m * k >= kMinParallel)
+  for (int64_t r = 0; r < m; ++r) {
+    float* normed = normed_row_buffer(k);
+    layer_norm_row(x + r * k, norm.gamma, norm.beta, normed, k, norm.eps);
+    to_bf16_serial(normed, 1.f, y + r * k, k);
+  }
 }
 
 namespace {

@@ -6,6 +6,10 @@
 #include <bit>
 #include <cstdint>
 
+namespace mue::kernels {
+struct RowLayerNorm;
+}  // namespace mue::kernels
+
 namespace mue::kernels::detail {
 
 // One value's fp32 -> bf16 bits, rounded to nearest even (NaN stays NaN); inline so that loops
@@ -37,8 +41,14 @@ float from_bf16(uint16_t v);
 
 // Dynamic per-row asymmetric quantisation of x [m, k] to u8: the range of each row, widened to
 // hold 0, maps onto 0..255; x ~= scale[r] * (q - zero_point[r]). A zero row gets scale 1.
+// With `norm`, each row is first normalised (as layer_norm() does) in a per-thread row buffer:
+// the quantised LN(x), without LN(x) ever written out.
 void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* scale,
-                      int32_t* zero_point);
+                      int32_t* zero_point, const RowLayerNorm* norm = nullptr);
+
+// y[m, k] = bf16(LN(x)) row by row, LN as layer_norm() computes it. OpenMP over rows when large.
+void to_bf16_normed_rows(const float* x, int64_t m, int64_t k, const RowLayerNorm& norm,
+                         uint16_t* y);
 
 // Per-tensor quantisation of a non-negative map x [n] (a feature map after ReLU) to u8 with no
 // zero point: x ~= scale * q, scale = max / 255 (1 for an all-zero map). Returns the scale, or a

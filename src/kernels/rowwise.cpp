@@ -7,6 +7,7 @@
 
 #include "kernels/eigen.h"
 #include "kernels/kernels.h"
+#include "kernels/row_norm.h"
 #include "kernels/row_softmax.h"
 #include "mue/tensor.h"
 
@@ -29,6 +30,45 @@ void check_rows(const char* what, const void* x, int64_t rows, int64_t cols) {
 
 }  // namespace
 
+namespace detail {
+
+void layer_norm_row(const float* x, const float* gamma, const float* beta, float* y, int64_t cols,
+                    float eps) {
+  ConstArrayMap in(x, cols);
+  ArrayMap out(y, cols);
+  // Two passes over a row that sits in L1: mean, then the biased variance (as PyTorch).
+  const float mean = in.mean();
+  const float var = (in - mean).square().mean();
+  const float rstd = 1.f / std::sqrt(var + eps);
+  // Same-index reads before writes, so x == y is safe.
+  if (gamma != nullptr && beta != nullptr) {
+    out = (in - mean) * rstd * ConstArrayMap(gamma, cols) + ConstArrayMap(beta, cols);
+  } else if (gamma != nullptr) {
+    out = (in - mean) * rstd * ConstArrayMap(gamma, cols);
+  } else if (beta != nullptr) {
+    out = (in - mean) * rstd + ConstArrayMap(beta, cols);
+  } else {
+    out = (in - mean) * rstd;
+  }
+}
+
+void normalize_add_rows(float* y, int64_t m, int64_t n, const RowLayerNorm* norm,
+                        const float* residual, bool parallel) {
+  if (norm == nullptr && residual == nullptr) return;
+#pragma omp parallel for schedule(static) if (parallel && m * n >= kMinParallelElements)
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = y + r * n;
+    if (norm != nullptr) layer_norm_row(row, norm->gamma, norm->beta, row, n, norm->eps);
+    if (residual != nullptr) {
+      const float* add = residual + r * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) row[j] += add[j];
+    }
+  }
+}
+
+}  // namespace detail
+
 void layer_norm(const float* x, const float* gamma, const float* beta, float* y, int64_t rows,
                 int64_t cols, float eps) {
   check_rows("layer_norm", x, rows, cols);
@@ -36,22 +76,7 @@ void layer_norm(const float* x, const float* gamma, const float* beta, float* y,
   if (rows == 0 || cols == 0) return;
 #pragma omp parallel for schedule(static) if (rows * cols >= kMinParallelElements)
   for (int64_t r = 0; r < rows; ++r) {
-    ConstArrayMap in(x + r * cols, cols);
-    ArrayMap out(y + r * cols, cols);
-    // Two passes over a row that sits in L1: mean, then the biased variance (as PyTorch).
-    const float mean = in.mean();
-    const float var = (in - mean).square().mean();
-    const float rstd = 1.f / std::sqrt(var + eps);
-    // Same-index reads before writes, so x == y is safe.
-    if (gamma != nullptr && beta != nullptr) {
-      out = (in - mean) * rstd * ConstArrayMap(gamma, cols) + ConstArrayMap(beta, cols);
-    } else if (gamma != nullptr) {
-      out = (in - mean) * rstd * ConstArrayMap(gamma, cols);
-    } else if (beta != nullptr) {
-      out = (in - mean) * rstd + ConstArrayMap(beta, cols);
-    } else {
-      out = (in - mean) * rstd;
-    }
+    detail::layer_norm_row(x + r * cols, gamma, beta, y + r * cols, cols, eps);
   }
 }
 

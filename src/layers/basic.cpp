@@ -34,9 +34,25 @@ Linear Linear::load_stacked(WeightStore& w, const std::vector<std::string>& pref
   return l;
 }
 
-void Linear::forward(const float* x, float* y, int64_t rows, kernels::Activation act) const {
+void Linear::forward(const float* x, float* y, int64_t rows, kernels::Activation act,
+                     const LinearFusion& fused) const {
   if (rows == 0) return;
-  packed->forward(x, y, rows, act);
+  auto row_norm = [](const LayerNorm* norm, int64_t width, const char* side) {
+    if (norm != nullptr && norm->dim != width) {
+      throw Error(std::string("Linear: a LayerNorm of width ") + std::to_string(norm->dim) +
+                  " on the " + side + " of a layer " + std::to_string(width) + " wide");
+    }
+    return norm != nullptr ? kernels::RowLayerNorm{norm->weight.data<float>(),
+                                                   norm->bias.data<float>(), norm->eps}
+                           : kernels::RowLayerNorm{};
+  };
+  const kernels::RowLayerNorm input = row_norm(fused.input_norm, in, "input");
+  const kernels::RowLayerNorm output = row_norm(fused.output_norm, out, "output");
+  kernels::FusedRows rows_ops;
+  rows_ops.input_norm = fused.input_norm != nullptr ? &input : nullptr;
+  rows_ops.output_norm = fused.output_norm != nullptr ? &output : nullptr;
+  rows_ops.residual = fused.residual;
+  packed->forward(x, y, rows, act, rows_ops);
 }
 
 LayerNorm LayerNorm::load(WeightStore& w, const std::string& prefix, int64_t dim, float eps) {

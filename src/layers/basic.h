@@ -13,6 +13,17 @@ namespace mue {
 // Bytes a weight tensor holds (0 when undefined).
 inline size_t held_bytes(const Tensor& t) { return t.raw() != nullptr ? t.nbytes() : 0; }
 
+struct LayerNorm;
+
+// Row-wise work Linear::forward does around its product (kernels::FusedRows), each part
+// optional: y = output_norm(act(input_norm(x) W^T + b)) + residual, the same bits as running the
+// LayerNorms and the add separately, with fewer passes over memory under bf16 and int8.
+struct LinearFusion {
+  const LayerNorm* input_norm = nullptr;
+  const LayerNorm* output_norm = nullptr;
+  const float* residual = nullptr;  // [rows, out], not y itself
+};
+
 struct Linear {
   int64_t out = 0, in = 0;
   // The checkpoint's [out, in] weights and bias reordered once at load into oneDNN's blocked
@@ -27,9 +38,10 @@ struct Linear {
   // are [part 0 | part 1 | ...], each `out` wide.
   static Linear load_stacked(WeightStore& w, const std::vector<std::string>& prefixes, int64_t out,
                              int64_t in, ComputeType type = ComputeType::kF32);
-  // y[rows, out] = act(x[rows, in] W^T + b)
+  // y[rows, out] = act(x[rows, in] W^T + b), with `fused` as above.
   void forward(const float* x, float* y, int64_t rows,
-               kernels::Activation act = kernels::Activation::kNone) const;
+               kernels::Activation act = kernels::Activation::kNone,
+               const LinearFusion& fused = {}) const;
   size_t weight_bytes() const { return packed ? packed->weight_bytes() : 0; }
 };
 

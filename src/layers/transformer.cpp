@@ -99,20 +99,13 @@ void multihead_attention(const float* q, int64_t q_row_stride, const KeyValueVie
 }
 
 void FeedForward::forward(const float* h, float* y, int64_t rows, Arena& arena) const {
-  int64_t d = fc1.in, f = fc1.out;
-  float* normed = arena.floats(static_cast<size_t>(rows * d));
-  final_layer_norm.forward(h, normed, rows);
+  const int64_t f = fc1.out;
   float* hidden = arena.floats(static_cast<size_t>(rows * f));
-  {
-    PhaseScope gemm(Phase::kGemm);
-    fc1.forward(normed, hidden, rows, Activation::kGelu);
-  }
-  if (has_ffn_layernorm) ffn_layernorm.forward(hidden, hidden, rows);
-  {
-    PhaseScope gemm(Phase::kGemm);
-    fc2.forward(hidden, y, rows);
-  }
-  for (int64_t i = 0; i < rows * d; ++i) y[i] += h[i];
+  // Both LayerNorms run inside the linear layers that read them (Linear::forward's norm).
+  PhaseScope gemm(Phase::kGemm);
+  fc1.forward(h, hidden, rows, Activation::kGelu, {.input_norm = &final_layer_norm});
+  fc2.forward(hidden, y, rows, Activation::kNone,
+              {.input_norm = has_ffn_layernorm ? &ffn_layernorm : nullptr, .residual = h});
 }
 
 namespace {
@@ -131,13 +124,8 @@ FeedForward load_ffn(WeightStore& w, const std::string& p, const TransformerDims
 // h = x + post_ln(out_proj(attn))
 void attention_output(const MultiheadAttention& mha, const LayerNorm* post_ln, const float* x,
                       const float* attn, float* h, int64_t rows) {
-  {
-    PhaseScope gemm(Phase::kGemm);
-    mha.out_proj.forward(attn, h, rows);
-  }
-  if (post_ln) post_ln->forward(h, h, rows);
-  int64_t n = rows * mha.out_proj.out;
-  for (int64_t i = 0; i < n; ++i) h[i] += x[i];
+  PhaseScope gemm(Phase::kGemm);
+  mha.out_proj.forward(attn, h, rows, Activation::kNone, {.output_norm = post_ln, .residual = x});
 }
 
 }  // namespace
@@ -156,12 +144,11 @@ void EncoderLayer::forward(const float* x, float* y, int64_t batch, int64_t t,
                            const AttentionMasking& masking, Arena& arena) const {
   int64_t rows = batch * t, d = dims_.d_model;
   size_t n = static_cast<size_t>(rows * d);
-  float* normed = arena.floats(n);
   float* qkv = arena.floats(3 * n);
   float* attn = arena.floats(n);
   float* h = arena.floats(n);
-  self_attn_layer_norm_.forward(x, normed, rows);
-  self_attn_.qkv_proj.forward(normed, qkv, rows);
+  self_attn_.qkv_proj.forward(x, qkv, rows, Activation::kNone,
+                              {.input_norm = &self_attn_layer_norm_});
   KeyValueView kv{qkv + d, qkv + 2 * d, t * 3 * d, dims_.head_dim(), 3 * d, t};
   multihead_attention(qkv, 3 * d, kv, batch, t, dims_, masking, self_attn_.c_attn, attn);
   attention_output(self_attn_, dims_.normformer ? &attn_ln_ : nullptr, x, attn, h, rows);
