@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -86,6 +87,34 @@ TEST_P(LinearStacked, AMissingPartIsReportedByName) {
     FAIL() << "expected an error for the missing v_proj";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("attn.v_proj.weight"), std::string::npos) << e.what();
+  }
+}
+
+// A LayerNorm handed to Linear::forward must be as wide as the side it normalises.
+TEST(LinearFusion, ALayerNormOfTheWrongWidthIsRefusedByName) {
+  const std::vector<float> weight(4 * 3, 0.5f);
+  Linear linear;
+  linear.out = 4;
+  linear.in = 3;
+  linear.packed = std::make_shared<kernels::PackedLinear>(weight.data(), nullptr, 4, 3);
+  LayerNorm wide;
+  wide.dim = 5;
+  wide.weight = Tensor::zeros({5});
+  wide.bias = Tensor::zeros({5});
+  std::vector<float> x(3, 1.f), y(4, 0.f);
+  for (bool on_input : {true, false}) {
+    LinearFusion fused;
+    (on_input ? fused.input_norm : fused.output_norm) = &wide;
+    try {
+      linear.forward(x.data(), y.data(), 1, kernels::Activation::kNone, fused);
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("LayerNorm of width 5"), std::string::npos) << what;
+      EXPECT_NE(what.find(on_input ? "input of a layer 3 wide" : "output of a layer 4 wide"),
+                std::string::npos)
+          << what;
+    }
   }
 }
 
