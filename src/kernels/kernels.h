@@ -17,14 +17,6 @@ enum class Activation { kNone, kRelu, kGelu };
 void linear(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n,
             int64_t k, Activation act = Activation::kNone);
 
-// linear() with the weights reordered once, at load, into oneDNN's blocked layout. linear()
-// repacks PyTorch-layout weights on every call; packing once makes the decoder's small-M calls
-// 2-2.6x faster (M=1..5), M=64 7-11% and M=900 4-5% faster (bench/README.md, GEMM).
-// The constructor copies weight [N,K] and bias [N] (may be null); the caller's buffers may go.
-// forward() may be called from several threads at once.
-// `type` (mue/compute_type.h; kAuto is resolved here) is the GEMM's precision: the weights are
-// converted once, here; inputs and outputs stay fp32 for the caller. bf16 and int8 outputs
-// differ from f32 by their rounding (tests/test_kernels_matmul.cpp states the tolerances).
 // A LayerNorm's parameters, for kernels that normalise their input rows themselves; gamma and
 // beta may be null (identity), as for layer_norm().
 struct RowLayerNorm {
@@ -44,6 +36,14 @@ struct FusedRows {
   const float* residual = nullptr;
 };
 
+// linear() with the weights reordered once, at load, into oneDNN's blocked layout. linear()
+// repacks PyTorch-layout weights on every call; packing once makes the decoder's small-M calls
+// 2-2.6x faster (M=1..5), M=64 7-11% and M=900 4-5% faster (bench/README.md, GEMM).
+// The constructor copies weight [N,K] and bias [N] (may be null); the caller's buffers may go.
+// forward() may be called from several threads at once.
+// `type` (mue/compute_type.h; kAuto is resolved here) is the GEMM's precision: the weights are
+// converted once, here; inputs and outputs stay fp32 for the caller. bf16 and int8 outputs
+// differ from f32 by their rounding (tests/test_kernels_matmul.cpp states the tolerances).
 class PackedLinear {
  public:
   PackedLinear();  // empty: forward() throws
